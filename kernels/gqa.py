@@ -1,0 +1,28 @@
+"""Fused GQA: PyTorch SDPA with `enable_gqa` (kv heads are never materialised per query head).
+
+FlexAttention covers GQA through the generic flex backends (spec `mask_mod` + `enable_gqa`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnbench.impls.gqa import SPEC, expect_kv_heads
+from attnbench.kernels.mha import mha_sdpa
+from attnbench.registry import register_backend
+from attnbench.spec import Backend, Params, Workload
+
+
+def sdpa_can_run(w: Workload, params: Params) -> str | None:
+    """SDPA's `is_causal` is top-left aligned: refuse causal cases with seq_q != seq_kv."""
+    if w.causal and w.seq_q != w.seq_kv:
+        return "SDPA is_causal is top-left aligned; causal needs seq_q == seq_kv"
+    return None
+
+
+@register_backend(SPEC, Backend.SDPA, can_run=sdpa_can_run)
+def gqa_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+             groups: int = 4) -> torch.Tensor:
+    """`F.scaled_dot_product_attention(..., enable_gqa=True)`; k, v `[B, Hq // groups, Nk, D]`."""
+    expect_kv_heads(q, k, v, q.shape[1] // groups, "gqa")
+    return mha_sdpa(q, k, v, causal=causal)
