@@ -40,7 +40,7 @@ def linear_flops(w: Workload, params: Params) -> FlopCount:
     useful = 2.0 * b * h * (nq + nk) * d * d
     if not w.causal:
         return FlopCount(useful=useful, executed=useful)
-    chunk = min(params["chunk_size"], nq)
+    chunk = params["chunk_size"]
     padded = -(-nq // chunk) * chunk
     executed = b * h * (2.0 * padded * chunk * 2 * d + 4.0 * padded * d * d + 2.0 * (nk - nq) * d * d)
     return FlopCount(useful=useful, executed=executed)
