@@ -40,7 +40,7 @@ def linear_flops(w: Workload, params: Params) -> FlopCount:
     useful = 2.0 * b * h * (nq + nk) * d * d
     if not w.causal:
         return FlopCount(useful=useful, executed=useful)
-    chunk = params["chunk_size"]
+    chunk = min(params["chunk_size"], nq)
     padded = -(-nq // chunk) * chunk
     executed = b * h * (2.0 * padded * chunk * 2 * d + 4.0 * padded * d * d + 2.0 * (nk - nq) * d * d)
     return FlopCount(useful=useful, executed=executed)
@@ -55,7 +55,7 @@ def check_linear(w: Workload, params: Params) -> str | None:
     """Why the params or shape cannot run, or None."""
     if params["feature_map"] not in FEATURE_MAPS:
         return f"linear: unknown feature_map {params['feature_map']!r}; valid: {', '.join(FEATURE_MAPS)}"
-    chunk = min(params["chunk_size"], nq)
+    chunk = params["chunk_size"]
     if not isinstance(chunk, int) or chunk < 1:
         return f"linear: chunk_size must be a positive integer, got {chunk!r}"
     if w.causal and w.seq_q > w.seq_kv:
