@@ -59,7 +59,8 @@ def check_linear(w: Workload, params: Params) -> str | None:
     if not isinstance(chunk, int) or chunk < 1:
         return f"linear: chunk_size must be a positive integer, got {chunk!r}"
     if w.causal and w.seq_q > w.seq_kv:
-        return f"linear: causal needs seq_q <= seq_kv (rows with no key have no normaliser), got {w.seq_q} > {w.seq_kv}"
+        return (f"linear: causal needs seq_q <= seq_kv (a row with no key has no normaliser), "
+                f"got {w.seq_q} > {w.seq_kv}")
     return None
 
 
