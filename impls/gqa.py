@@ -3,6 +3,8 @@ Multi-Head Checkpoints" (Ainslie et al., 2023), arXiv 2305.13245.
 
 Dense softmax attention where each group of `groups` query heads shares one key/value head:
 query head h reads kv head h // groups (`H_kv = H_q / groups`). The KV cache shrinks by `groups`.
+Naming: `groups` here is the query heads per kv head (the spec card's G); the paper's "GQA-8"
+counts kv heads instead (8 kv heads), i.e. `groups = H_q / 8`.
 """
 
 from __future__ import annotations

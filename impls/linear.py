@@ -29,26 +29,38 @@ def phi(x: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"linear: unknown feature_map {name!r}; valid: {', '.join(FEATURE_MAPS)}")
 
 
+def grouped_features(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """φ(q) as `[B, Hkv, G, Nq, D]`, φ(k) and v as `[B, Hkv, 1, Nk, ·]` (query head h reads kv head h // G).
+
+    Broadcasting over G shares each kv head's sums among its query heads without copying k, v.
+    """
+    qf = phi(q, name).unflatten(1, (k.shape[1], q.shape[1] // k.shape[1]))
+    kf = phi(k, name).unsqueeze(2)
+    return qf, kf, v.to(qf.dtype).unsqueeze(2)
+
+
 def linear_flops(w: Workload, params: Params) -> FlopCount:
-    """useful = 2·B·H·(Nq + Nk)·D·Dv (= 4·B·H·N·D·Dv): build Σφ(k)vᵀ, then read it per query.
+    """useful = 2·B·(Hq·Nq + Hkv·Nk)·D·Dv (= 4·B·H·N·D·Dv for MHA): build Σφ(k)vᵀ, read it per query.
 
     executed = the chunked form: per chunk of L queries, the masked L×L block (2·L²·(D + Dv)),
     the read of the carried state and the state update (2·L·D·Dv each), plus the prefix state
     of the Nk − Nq keys before the first query. Normaliser FLOPs (O(N·D)) are left out.
     """
     b, h, nq, nk, d = w.batch, w.heads_q, w.seq_q, w.seq_kv, w.head_dim
-    useful = 2.0 * b * h * (nq + nk) * d * d
+    useful = 2.0 * b * (h * nq + w.heads_kv * nk) * d * d
     if not w.causal:
         return FlopCount(useful=useful, executed=useful)
     chunk = min(params["chunk_size"], nq)
     padded = -(-nq // chunk) * chunk
-    executed = b * h * (2.0 * padded * chunk * 2 * d + 4.0 * padded * d * d + 2.0 * (nk - nq) * d * d)
+    executed = b * (h * (4.0 * padded * chunk * d + 2.0 * padded * d * d)
+                    + w.heads_kv * (2.0 * padded * d * d + 2.0 * (nk - nq) * d * d))
     return FlopCount(useful=useful, executed=executed)
 
 
 def state_bytes(w: Workload, params: Params) -> float:
-    """The recurrent state that replaces the KV cache: Σφ(k)vᵀ and Σφ(k), constant in N."""
-    return w.batch * w.heads_q * w.head_dim * (w.head_dim + 1) * torch.finfo(w.torch_dtype).bits / 8
+    """The recurrent state that replaces the KV cache: Σφ(k)vᵀ and Σφ(k) per kv head, constant in N."""
+    return w.batch * w.heads_kv * w.head_dim * (w.head_dim + 1) * torch.finfo(w.torch_dtype).bits / 8
 
 
 def check_linear(w: Workload, params: Params) -> str | None:
@@ -71,7 +83,7 @@ SPEC = AttentionSpec(
                 2020, "2006.16236"),
     family="linear",
     defaults={"feature_map": "elu", "normalize": True, "chunk_size": 64},
-    capabilities=Capabilities(gqa=False),
+    capabilities=Capabilities(gqa=True),
     flops=linear_flops,
     kv_cache_bytes=state_bytes,
     check=check_linear,
@@ -86,19 +98,20 @@ def linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = 
     """Reference: the quadratic form `A = φ(Q)φ(K)ᵀ ⊙ M`, `o = A V / A 1` (O(N²) memory).
 
     Args:
-        q: `[B, H, Nq, D]`; k, v: `[B, H, Nk, D]`.
+        q: `[B, Hq, Nq, D]`; k, v: `[B, Hkv, Nk, D]` (Hq divisible by Hkv).
         causal: mask `j ≤ i + Nk − Nq` (needs Nq ≤ Nk).
         feature_map: "elu" (φ = elu + 1) or "identity".
         normalize: divide by `A 1`; without it the output is `A V`.
         chunk_size: used by the chunked backend only; accepted here so every backend takes the same params.
     Returns:
-        `[B, H, Nq, D]` in q's dtype.
+        `[B, Hq, Nq, D]` in q's dtype.
     """
-    a = phi(q, feature_map) @ phi(k, feature_map).transpose(-1, -2)
+    qf, kf, vf = grouped_features(q, k, v, feature_map)
+    a = qf @ kf.transpose(-1, -2)  # [B, Hkv, G, Nq, Nk]
     if causal:
         a = a * causal_mask(q.shape[-2], k.shape[-2], q.device)
-    o = a @ v.to(a.dtype)
+    o = a @ vf
     if normalize:
         o = o / a.sum(-1, keepdim=True)
-    return o.to(q.dtype)
+    return o.flatten(1, 2).to(q.dtype)
 

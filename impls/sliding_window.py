@@ -94,7 +94,7 @@ SPEC = AttentionSpec(
     title="Sliding-window attention",
     paper=Paper("Longformer: The Long-Document Transformer", 2020, "2004.05150"),
     family="sparse-local",
-    defaults={"window": 64},
+    defaults={"window": 32},
     capabilities=Capabilities(gqa=True),
     flops=window_flops,
     kv_cache_bytes=lambda w, p: kv_cache_bytes(w.replace(seq_kv=min(w.seq_kv, p["window"])), p),
@@ -106,7 +106,7 @@ SPEC = AttentionSpec(
 
 @register_method(SPEC)
 def sliding_window(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                   window: int = 64) -> torch.Tensor:
+                   window: int = 32) -> torch.Tensor:
     """Reference: dense softmax attention under the N×N window mask.
 
     Args:

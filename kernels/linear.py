@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnbench.impls.linear import SPEC, phi
+from attnbench.impls.linear import SPEC, grouped_features
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 
@@ -29,34 +29,33 @@ def linear_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     """Chunked linear attention; same arguments and result as the reference `linear`.
 
     Args:
-        q: `[B, H, Nq, D]`; k, v: `[B, H, Nk, Dv]` (causal needs Nq ≤ Nk).
+        q: `[B, Hq, Nq, D]`; k, v: `[B, Hkv, Nk, Dv]` (Hq divisible by Hkv; causal needs Nq ≤ Nk).
         chunk_size: L, queries per chunk (causal only; the non-causal form needs no chunks).
     Returns:
-        `[B, H, Nq, Dv]` in q's dtype.
+        `[B, Hq, Nq, Dv]` in q's dtype.
     """
-    qf, kf = phi(q, feature_map), phi(k, feature_map)
-    vf = v.to(qf.dtype)
+    qf, kf, vf = grouped_features(q, k, v, feature_map)  # [B, Hkv, G | 1, N, ·]
     if not causal:
         o, z = qf @ (kf.transpose(-1, -2) @ vf), qf @ kf.sum(-2, keepdim=True).transpose(-1, -2)
-        return (o / z if normalize else o).to(q.dtype)
+        return (o / z if normalize else o).flatten(1, 2).to(q.dtype)
     nq, nk = q.shape[-2], k.shape[-2]
     if nq > nk:
         raise ValueError(f"linear: causal needs Nq <= Nk, got {nq} > {nk}")
     # Keys before the first query (a cached prefix) form the initial state.
     off = nk - nq
-    s0 = kf[..., :off, :].transpose(-1, -2) @ vf[..., :off, :]  # [B, H, D, Dv]
-    z0 = kf[..., :off, :].sum(-2)  # [B, H, D]
+    s0 = kf[..., :off, :].transpose(-1, -2) @ vf[..., :off, :]  # [..., D, Dv]
+    z0 = kf[..., :off, :].sum(-2)  # [..., D]
     kf, vf = kf[..., off:, :], vf[..., off:, :]
     L = min(chunk_size, max(nq, 1))
     pad = (-nq) % L  # zero keys/values add nothing; padded query rows are dropped
-    qc, kc, vc = (F.pad(t, (0, 0, 0, pad)).unflatten(-2, (-1, L)) for t in (qf, kf, vf))  # [B, H, C, L, ·]
+    qc, kc, vc = (F.pad(t, (0, 0, 0, pad)).unflatten(-2, (-1, L)) for t in (qf, kf, vf))  # [..., C, L, ·]
     a = (qc @ kc.transpose(-1, -2)) * torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    states = s0.unsqueeze(2) + _exclusive_cumsum(kc.transpose(-1, -2) @ vc, dim=2)  # [B, H, C, D, Dv]
+    states = s0.unsqueeze(-3) + _exclusive_cumsum(kc.transpose(-1, -2) @ vc, dim=-3)  # [..., C, D, Dv]
     o = a @ vc + qc @ states
     if normalize:
-        zs = z0.unsqueeze(2) + _exclusive_cumsum(kc.sum(-2), dim=2)  # [B, H, C, D]
+        zs = z0.unsqueeze(-2) + _exclusive_cumsum(kc.sum(-2), dim=-2)  # [..., C, D]
         o = o / (a.sum(-1) + (qc @ zs.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)
-    return o.flatten(2, 3)[..., :nq, :].to(q.dtype)
+    return o.flatten(-3, -2)[..., :nq, :].flatten(1, 2).to(q.dtype)
 
 
 def linear_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
@@ -64,20 +63,19 @@ def linear_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     """Causal linear attention one token at a time: `S += φ(k_t) v_tᵀ; o_t = φ(q_t) S` (test oracle).
 
     Args:
-        q: `[B, H, N, D]`; k, v: `[B, H, N, Dv]` (Nq == Nk).
+        q: `[B, Hq, N, D]`; k, v: `[B, Hkv, N, Dv]` (Nq == Nk).
     Returns:
-        `[B, H, N, Dv]` in q's dtype.
+        `[B, Hq, N, Dv]` in q's dtype.
     """
     if not causal or q.shape[-2] != k.shape[-2]:
         raise ValueError("linear_recurrent is the causal form with Nq == Nk")
-    qf, kf = phi(q, feature_map), phi(k, feature_map)
-    vf = v.to(qf.dtype)
-    s = qf.new_zeros(*q.shape[:2], q.shape[-1], v.shape[-1])
-    z = qf.new_zeros(*q.shape[:2], q.shape[-1])
+    qf, kf, vf = grouped_features(q, k, v, feature_map)  # [B, Hkv, G | 1, N, ·]
+    s = qf.new_zeros(*kf.shape[:3], q.shape[-1], v.shape[-1])
+    z = qf.new_zeros(*kf.shape[:3], q.shape[-1])
     out = []
     for t in range(q.shape[-2]):
         s = s + kf[..., t, :, None] * vf[..., t, None, :]
         z = z + kf[..., t, :]
         o = (qf[..., t, None, :] @ s).squeeze(-2)
         out.append(o / (qf[..., t, :] * z).sum(-1, keepdim=True) if normalize else o)
-    return torch.stack(out, dim=-2).to(q.dtype)
+    return torch.stack(out, dim=-2).flatten(1, 2).to(q.dtype)

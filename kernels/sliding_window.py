@@ -18,7 +18,7 @@ from attnbench.spec import Backend
 
 @register_backend(SPEC, Backend.SDPA, staged=True)
 def sliding_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                        window: int = 64) -> Callable[..., torch.Tensor]:
+                        window: int = 32) -> Callable[..., torch.Tensor]:
     """Build the `[Nq, Nk]` window mask once (setup); return `(q, k, v) -> o` running SDPA with it."""
     mask = window_mask(q.shape[-2], k.shape[-2], window=window, causal=causal, device=q.device)
 
