@@ -25,23 +25,10 @@ from attnbench.impls.neighborhood import (
     na_flops,
     na_mask,
     na_mask_rows,
+    tile_permutation,
 )
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, Paper
-
-
-def tile_permutation(shape: tuple[int, ...], tile: tuple[int, ...]) -> torch.Tensor:
-    """`perm[p]` = row-major token index at position p of the tile-major order (multi-dim tiling).
-
-    Tokens of one tile (shape `tile`) become contiguous, tiles in row-major order of the grid.
-    """
-    if len(tile) != len(shape) or any(n % t for n, t in zip(shape, tile)):
-        raise ValueError(f"grid {shape} is not divisible by the tile shape {tile}")
-    rest = tuple(n // t for n, t in zip(shape, tile))
-    # position p = (tile coords..., offset coords...) row-major; axes interleave as (rest_i, tile_i)
-    grid = torch.arange(math.prod(shape)).view(*[x for r, t in zip(rest, tile) for x in (r, t)])
-    r = len(shape)
-    return grid.permute(*range(0, 2 * r, 2), *range(1, 2 * r, 2)).reshape(-1)
 
 
 def natten_sim(shape: Sequence[int], kernel_size: int | Sequence[int], stride: int | Sequence[int] = 1,

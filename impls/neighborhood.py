@@ -172,6 +172,20 @@ def na_mask(cfg: NAConfig, device: torch.device | str = "cpu") -> torch.Tensor:
     return na_mask_rows(cfg, torch.arange(cfg.n, device=device))
 
 
+def tile_permutation(shape: tuple[int, ...], tile: tuple[int, ...]) -> torch.Tensor:
+    """`perm[p]` = row-major token index at position p of the tile-major order (multi-dim tiling).
+
+    Tokens of one tile (shape `tile`) become contiguous, tiles in row-major order of the grid.
+    """
+    if len(tile) != len(shape) or any(n % t for n, t in zip(shape, tile)):
+        raise ValueError(f"grid {shape} is not divisible by the tile shape {tile}")
+    rest = tuple(n // t for n, t in zip(shape, tile))
+    # position p = (tile coords..., offset coords...) row-major; axes interleave as (rest_i, tile_i)
+    grid = torch.arange(math.prod(shape)).view(*[x for r, t in zip(rest, tile) for x in (r, t)])
+    r = len(shape)
+    return grid.permute(*range(0, 2 * r, 2), *range(1, 2 * r, 2)).reshape(-1)
+
+
 def chunked_tile_stats(rows_fn: Callable[[torch.Tensor], torch.Tensor], n_q: int,
                        block: tuple[int, int], rows_per_chunk: int = 2048) -> dict[str, float]:
     """`attnbench.flops.tile_stats` summed over query-row chunks (aligned to the Q tile)."""

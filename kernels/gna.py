@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from attnbench.impls.gna import SPEC
 from attnbench.impls.neighborhood import NAConfig, na_config, workload_config
-from attnbench.kernels.neighborhood import staged_gather
+from attnbench.kernels.neighborhood import staged_tiled
 from attnbench.registry import register_backend
 from attnbench.spec import Backend, Params, Workload
 
@@ -95,4 +95,4 @@ def gna_gather(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: boo
     """Staged GEMM-based GNA: index table as setup, then chunked gather-einsum attention."""
     cfg = _config(q.shape[-2], causal, kernel_size=kernel_size, stride=stride, dilation=dilation,
                   is_causal=is_causal, dims=dims, spatial=spatial)
-    return staged_gather(cfg, q.device)
+    return staged_tiled(cfg, q.device)

@@ -26,8 +26,8 @@ def natten_can_run(w: Workload, params: Params) -> str | None:
         return "natten is not installed (pip install --no-build-isolation natten, after torch)"
     if w.device == "cpu" and w.mode != "fwd":
         return "natten on CPU runs only its eager flex backend, forward only"
-    if w.device == "cpu" and w.dtype == "float64":
-        return "natten's flex backend does not take float64"
+    if w.dtype == "float64":
+        return "natten supports only float32, float16 and bfloat16"
     try:
         cfg = workload_config(w, params)
     except ValueError as exc:

@@ -1,61 +1,106 @@
-"""GEMM-based ("unfused") neighborhood attention: gather each query's Πk keys, then
-einsum → softmax → einsum, chunked over queries so memory stays O(chunk·Πk·D).
+"""Native (plain torch) NA/GNA: space-aware Q tiles with haloed KV tiles, after Fused NA.
 
-The paper's GEMM-based NA fuses the gather into the GEMM; here the gather is `index_select`.
-The same kernel serves GNA (stride > 1) through `gather_attention`.
+Queries are grouped into tiles (tile-major order on the grid); each tile gathers the union of
+its queries' windows (the "halo", from the index table) once, then runs one dense GEMM →
+masked softmax → GEMM, chunked over tiles so memory stays O(chunk·tile·halo). GNA (stride > 1)
+uses the same kernel.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from attnbench.impls.neighborhood import SPEC, NAConfig, index_table, na_config
+from attnbench.impls.neighborhood import (
+    SPEC,
+    NAConfig,
+    axis_masks,
+    index_table,
+    na_config,
+    na_mask_rows,
+    tile_permutation,
+)
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 
 CHUNK_BYTES = 32 * 2**20  # gathered K (and V) per chunk
 
 
-def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
-                     valid: torch.Tensor | None) -> torch.Tensor:
-    """Attention of every query over its own key list.
+def _tile_shape(shape: tuple[int, ...], target: int = 64) -> tuple[int, ...]:
+    """Per-axis Q tile: the largest divisor of each axis near target**(1/rank)."""
+    side = max(1, round(target ** (1.0 / len(shape))))
+    return tuple(max(t for t in range(1, min(n, side) + 1) if n % t == 0) for n in shape)
+
+
+@dataclass(frozen=True, slots=True)
+class TiledPlan:
+    """Q tiles (tile-major order `perm`) with the union of their windows as haloed KV tiles."""
+
+    perm: torch.Tensor  # [N] query order (tile-major)
+    inv: torch.Tensor  # [N] inverse of perm
+    kv_idx: torch.Tensor  # [T, L] keys of each tile's halo (padded with a masked dummy)
+    mask: torch.Tensor | None  # [T, Q, L] allowed entries (None: all)
+    q_per_tile: int
+
+
+def tiled_plan(cfg: NAConfig, device: torch.device | str = "cpu", target: int = 64) -> TiledPlan:
+    """Build the tile plan: per Q tile, the sorted union of its queries' keys and the mask."""
+    if (why := cfg.problem()) is not None:
+        raise ValueError(why)
+    tile = _tile_shape(cfg.shape, target)
+    perm = tile_permutation(cfg.shape, tile).to(device)
+    q_per_tile = math.prod(tile)
+    idx, valid = index_table(cfg, device)
+    rows = perm.view(-1, q_per_tile)
+    keys = [torch.unique(idx[r][valid[r]]) for r in rows]
+    width = max(len(kk) for kk in keys)
+    kv_idx = torch.zeros(len(keys), width, dtype=torch.long, device=device)
+    present = torch.zeros(len(keys), width, dtype=torch.bool, device=device)
+    for t, kk in enumerate(keys):
+        kv_idx[t, :len(kk)], present[t, :len(kk)] = kk, True
+    masks = axis_masks(cfg, device)
+    mask = torch.stack([na_mask_rows(cfg, r, masks)[:, kv_idx[t]] for t, r in enumerate(rows)])
+    mask &= present[:, None, :]
+    return TiledPlan(perm, perm.argsort(), kv_idx, None if bool(mask.all()) else mask, q_per_tile)
+
+
+def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: TiledPlan) -> torch.Tensor:
+    """Haloed-tile attention: per Q tile, one dense GEMM over its gathered KV halo, masked.
 
     Args:
         q: `[B, Hq, N, D]`; k, v: `[B, Hkv, N, D]`.
-        idx: `[N, K]` key index per query slot; valid: `[N, K]` or None (all slots valid).
     Returns:
         `[B, Hq, N, D]`.
     """
     b, hq, n, d = q.shape
-    hkv, kk = k.shape[1], idx.shape[1]
-    g = hq // hkv
-    chunk = max(1, CHUNK_BYTES // max(1, b * hkv * kk * d * k.element_size()))
-    scale = d**-0.5
+    hkv = k.shape[1]
+    g, (nt, width), qt = hq // hkv, plan.kv_idx.shape, plan.q_per_tile
+    chunk = max(1, CHUNK_BYTES // max(1, b * hq * (qt + width) * max(d, width) * 4))
+    # [B, Hkv, tiles, G·Q, D]: the G query heads sharing a kv head stack as extra tile rows
+    qp = q[:, :, plan.perm].view(b, hkv, g, nt, qt, d).transpose(2, 3).reshape(b, hkv, nt, g * qt, d)
     out = []
-    for a in range(0, n, chunk):
-        rows = idx[a:a + chunk]
-        c = rows.shape[0]
-        kg = k.index_select(2, rows.flatten()).view(b, hkv, c, kk, d)
-        vg = v.index_select(2, rows.flatten()).view(b, hkv, c, kk, d)
-        qc = q[:, :, a:a + c].reshape(b, hkv, g, c, d)
-        s = torch.einsum("bhgcd,bhckd->bhgck", qc, kg).float() * scale
-        if valid is not None:
-            s = s.masked_fill(~valid[a:a + c], float("-inf"))
-        p = torch.softmax(s, dim=-1).to(v.dtype)
-        out.append(torch.einsum("bhgck,bhckd->bhgcd", p, vg).reshape(b, hq, c, d))
-    return torch.cat(out, dim=2)
+    for a in range(0, nt, chunk):
+        kv = plan.kv_idx[a:a + chunk]
+        c = kv.shape[0]
+        kg = k.index_select(2, kv.flatten()).view(b, hkv, c, width, d)
+        vg = v.index_select(2, kv.flatten()).view(b, hkv, c, width, d)
+        s = (qp[:, :, a:a + c] @ kg.transpose(-1, -2)).float() * d**-0.5  # [B, Hkv, c, G·Q, L]
+        if plan.mask is not None:
+            s = s.view(b, hkv, c, g, qt, width).masked_fill(~plan.mask[a:a + c, None], float("-inf"))
+            s = s.view(b, hkv, c, g * qt, width)
+        out.append(torch.softmax(s, dim=-1).to(v.dtype) @ vg)
+    o = torch.cat(out, dim=2).view(b, hkv, nt, g, qt, d).transpose(2, 3).reshape(b, hq, n, d)
+    return o[:, :, plan.inv]
 
 
-def staged_gather(cfg: NAConfig, device: torch.device) -> Callable[..., torch.Tensor]:
-    """Build the index table once; return `(q, k, v) -> o`."""
-    if (why := cfg.problem()) is not None:
-        raise ValueError(why)
-    idx, valid = index_table(cfg, device)
-    mask = None if bool(valid.all()) else valid
-    return lambda q, k, v: gather_attention(q, k, v, idx, mask)
+def staged_tiled(cfg: NAConfig, device: torch.device) -> Callable[..., torch.Tensor]:
+    """Build the tile plan once (setup); return `(q, k, v) -> o`."""
+    plan = tiled_plan(cfg, device)
+    return lambda q, k, v: tiled_attention(q, k, v, plan)
 
 
 @register_backend(SPEC, Backend.NATIVE, staged=True)
@@ -66,4 +111,4 @@ def neighborhood_gather(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
     """Staged: index table as setup, then the chunked gather-einsum attention."""
     cfg = na_config(q.shape[-2], causal, {"kernel_size": kernel_size, "dilation": dilation,
                                           "is_causal": is_causal, "dims": dims}, spatial)
-    return staged_gather(cfg, q.device)
+    return staged_tiled(cfg, q.device)
