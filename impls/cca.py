@@ -75,7 +75,8 @@ def make_spec(name: str, title: str, groups: int | None) -> AttentionSpec:
         defaults["groups"] = groups
     return AttentionSpec(
         name=name, title=title, paper=PAPER, family="compressed", kind="layer", defaults=defaults,
-        capabilities=Capabilities(causal=True, noncausal=True, gqa=False, dims=(1,)),
+        # gqa: CCGQA shares latent kv heads (a grouped workload is one it can run)
+        capabilities=Capabilities(causal=True, noncausal=True, gqa=groups is not None, dims=(1,)),
         flops=cca_flops, kv_cache_bytes=cca_kv_cache_bytes, check=check,
         claims=("CCGQA beats GQA and MLA at equal KV compression; 8× KV compression with no loss vs "
                 "MHA (MoE).", "Fused H100 kernel ≈1.7× faster prefill at 16k vs MHA (secondary summary)."),
