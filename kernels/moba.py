@@ -31,11 +31,12 @@ def flex_can_run(w: Workload, params: Params) -> str | None:
     return None
 
 
-def block_mask_from_dense(mask: torch.Tensor, block: int = 128, mask_mod: Callable[..., Any] | None = None
-                          ) -> Any:
+def block_mask_from_dense(mask: torch.Tensor, mask_mod: Callable[..., Any], block: int = 128) -> Any:
     """FlexAttention `BlockMask` of a dense boolean mask `[B|1, H|1, Nq, Nk]`.
 
     Tiles with every entry allowed are "full" (no mask_mod call); tiles with some are "partial".
+    `mask_mod` must express the same mask: eager flex on CPU evaluates it everywhere and ignores
+    the tile lists when it is missing.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -57,11 +58,15 @@ def block_mask_from_dense(mask: torch.Tensor, block: int = 128, mask_mod: Callab
 
 @dataclass(frozen=True)
 class FlexPlan:
-    """What a staged flex backend computed in setup. `perm` `[H|1, N]`: token order to attend in."""
+    """What a staged flex backend computed in setup.
+
+    `perm` `[H|1, N]`: token order to attend in; `pre`: applied to (q, k, v) after permuting.
+    """
 
     block_mask: Any
     score_mod: Callable[..., Any] | None = None
     perm: torch.Tensor | None = None
+    pre: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
 
 def permute_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -86,13 +91,16 @@ def register_flex(spec: AttentionSpec, plan: Callable[..., FlexPlan],
                 p = plan(q, k, v, causal=causal, **params)
             attend = torch.compile(flex_attention, dynamic=False) if _compiled else flex_attention
             gqa = q.shape[1] != k.shape[1]
+            inv = torch.argsort(p.perm, dim=-1) if p.perm is not None else None
 
             def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                 if p.perm is not None:
                     q, k, v = (permute_tokens(t, p.perm) for t in (q, k, v))
+                if p.pre is not None:
+                    q, k, v = p.pre(q, k, v)
                 with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
                     o = attend(q, k, v, score_mod=p.score_mod, block_mask=p.block_mask, enable_gqa=gqa)
-                return permute_tokens(o, torch.argsort(p.perm, dim=-1)) if p.perm is not None else o
+                return permute_tokens(o, inv) if inv is not None else o
 
             if _compiled:
                 with torch.no_grad():
