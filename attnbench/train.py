@@ -1,0 +1,377 @@
+"""One small-model trainer shared by every accuracy proxy (MQAR, NIAH, ICL regression, images).
+
+Model: token or vector embedding [+ learned positions] → N pre-LN blocks
+`[LN → attention → residual]` (+ `[LN → MLP 4× GELU → residual]`) → LN → head. Only the attention
+changes: any registered method/backend through `attnbench.layers.build_layer`. Budgets are in
+steps; early stopping on an eval metric or an EMA loss; a wall-clock cap stops training and marks
+the result `truncated` (never a silent pass). Same seed on the same machine → same numbers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from attnbench.layers import AttentionLayer, build_layer
+from attnbench.presets import Preset
+from attnbench.registry import METHODS, MethodEntry, Registry
+from attnbench.spec import Backend, Workload, params_json
+from attnbench.suite import Case, Row
+
+POS_SCHEMES = ("learned", "rope", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Skeleton of a proxy model; exactly one of `vocab` (token ids) / `in_dim` (vectors) is set."""
+
+    method: str
+    out_dim: int
+    backend: str = "reference"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    vocab: int | None = None
+    in_dim: int | None = None
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 1
+    kv_heads: int | None = None
+    causal: bool = True
+    mlp: bool = False
+    norm: bool = True  # pre-LN in every block and before the head
+    pos: str = "learned"  # learned | rope | none
+    max_len: int = 512  # learned positions only
+    spatial: tuple[int, ...] | None = None  # token grid handed to 2-D methods
+
+    def __post_init__(self) -> None:
+        if self.pos not in POS_SCHEMES:
+            raise ValueError(f"unknown positional scheme {self.pos!r}; valid: {', '.join(POS_SCHEMES)}")
+        if (self.vocab is None) == (self.in_dim is None):
+            raise ValueError("set exactly one of vocab (token input) and in_dim (vector input)")
+
+
+def effective_pos(method: str, pos: str) -> tuple[str, str]:
+    """The positional scheme a method trains with, and why it differs from `pos` (or "").
+
+    RoPE is applied to the q/k projections of the generic layer, so layer methods (which own
+    their projections) get no positions instead; methods of the `positional` family carry
+    their own position signal and get none added.
+    """
+    spec = METHODS.get(method).spec
+    if pos == "rope" and spec.kind == "layer":
+        return "none", "layer methods own their q/k projections; RoPE cannot be injected"
+    if pos != "none" and spec.family == "positional":
+        return "none", "positional-family methods carry their own position signal"
+    return pos, ""
+
+
+def rope_tables(n: int, dim: int, base: float = 10000.0, device: Any = None) -> tuple[torch.Tensor, ...]:
+    """cos/sin tables `[N, dim/2]` of rotary embeddings (half-split convention)."""
+    inv = base ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+    ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv[None, :]
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x [B, N, H, D]` by position (first half / second half of D paired)."""
+    a, b = x.float().chunk(2, dim=-1)
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.cat([a * c - b * s, a * s + b * c], dim=-1).to(x.dtype)
+
+
+def add_rope(layer: AttentionLayer) -> None:
+    """Rotate the q and k projections of a generic layer by position (forward hooks)."""
+    if layer.head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dim, got {layer.head_dim}")
+
+    def rotate(out: torch.Tensor, heads: int, n_rot: int) -> torch.Tensor:
+        b, n, _ = out.shape
+        parts = out.view(b, n, -1, layer.head_dim)
+        cos, sin = rope_tables(n, layer.head_dim, device=out.device)
+        return torch.cat([apply_rope(parts[:, :, :n_rot], cos, sin), parts[:, :, n_rot:]], 2).view_as(out)
+
+    layer.q.register_forward_hook(lambda m, i, o: rotate(o, layer.n_heads, layer.n_heads))
+    layer.kv.register_forward_hook(lambda m, i, o: rotate(o, 2 * layer.kv_heads, layer.kv_heads))
+
+
+class Block(nn.Module):
+    def __init__(self, attn: nn.Module, d_model: int, mlp: bool, norm: bool) -> None:
+        super().__init__()
+        self.attn = attn
+        self.ln1 = nn.LayerNorm(d_model) if norm else nn.Identity()
+        self.mlp = nn.Sequential(nn.LayerNorm(d_model) if norm else nn.Identity(),
+                                 nn.Linear(d_model, 4 * d_model), nn.GELU(),
+                                 nn.Linear(4 * d_model, d_model)) if mlp else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(x) if self.mlp is not None else x
+
+
+class ProxyModel(nn.Module):
+    """The shared skeleton. `make_attn(layer_index)` overrides the registry (tests only)."""
+
+    def __init__(self, cfg: ModelConfig, make_attn: Callable[[int], nn.Module] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed = nn.Embedding(cfg.vocab, d) if cfg.vocab is not None else nn.Linear(cfg.in_dim, d)
+        self.pos = nn.Parameter(torch.randn(cfg.max_len, d) * 0.02) if cfg.pos == "learned" else None
+        self.blocks = nn.ModuleList(
+            Block(make_attn(i) if make_attn else self._attention(), d, cfg.mlp, cfg.norm)
+            for i in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(d) if cfg.norm else nn.Identity()
+        self.head = nn.Linear(d, cfg.out_dim)
+
+    def _attention(self) -> nn.Module:
+        c = self.cfg
+        layer = build_layer(c.method, c.backend, c.d_model, c.n_heads, kv_heads=c.kv_heads, causal=c.causal,
+                            params=c.params, spatial=c.spatial)
+        if c.pos == "rope":
+            if not isinstance(layer, AttentionLayer):
+                raise ValueError(f"{c.method}: RoPE needs the generic layer (see effective_pos)")
+            add_rope(layer)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x`: token ids `[B, N]` or vectors `[B, N, in_dim]` → `[B, N, out_dim]`."""
+        h = self.embed(x)
+        if self.pos is not None:
+            if h.shape[1] > self.pos.shape[0]:
+                raise ValueError(f"sequence of {h.shape[1]} exceeds learned positions ({self.pos.shape[0]})")
+            h = h + self.pos[: h.shape[1]]
+        for blk in self.blocks:
+            h = blk(h)
+        return self.head(self.ln_f(h))
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """Sum of the `aux_loss` the attention modules exposed in the last forward (or None)."""
+        terms = [a for blk in self.blocks if (a := getattr(blk.attn, "aux_loss", None)) is not None]
+        return torch.stack([torch.as_tensor(t).reshape(()) for t in terms]).sum() if terms else None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation budget. LR: linear warm-up, then cosine to 0 at `schedule_steps` (None = hold)."""
+
+    steps: int
+    lr: float
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"  # adamw | adam
+    warmup: int = 0
+    schedule_steps: int | None = None
+    grad_clip: float | None = 1.0
+    eval_every: int = 0  # 0 = only at the end
+    target: float | None = None  # stop once eval metric >= target
+    loss_target: float | None = None  # stop once the EMA (0.95) training loss < loss_target
+    wall_cap_s: float | None = None  # stop and mark truncated past this many seconds
+
+    def lr_at(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if not self.schedule_steps:
+            return self.lr
+        t = min(1.0, (step - self.warmup) / max(1, self.schedule_steps - self.warmup))
+        return self.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    wall_s: float
+    truncated: bool
+    stopped_early: bool
+    final_loss: float
+    evals: list[tuple[int, float]] = field(default_factory=list)
+
+    def rows(self) -> list[Row]:
+        """The rows every proxy emits: steps, wall_s, truncated, final training loss."""
+        return [Row("steps", self.steps, "steps"), Row("wall_s", self.wall_s, "s"),
+                Row("truncated", float(self.truncated), "bool"),
+                Row("train_loss", self.final_loss, "nats")]
+
+
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def data_rng(seed: int, stream: int) -> np.random.Generator:
+    """Independent numpy streams per purpose (0 = train, 1 = test, ...) for one seed."""
+    return np.random.default_rng([seed, stream])
+
+
+def train(model: ProxyModel, batch_fn: Callable[[int], Any],
+          loss_fn: Callable[[ProxyModel, Any], torch.Tensor], cfg: TrainConfig,
+          eval_fn: Callable[[ProxyModel], float] | None = None) -> TrainResult:
+    """Train `model` in place.
+
+    Args:
+        batch_fn: step → batch (any structure `loss_fn` takes), generated from a seeded stream.
+        loss_fn: (model, batch) → scalar loss; the model's aux losses are added here.
+        eval_fn: model → metric (higher is better), run every `eval_every` steps and at the end.
+    Returns:
+        Steps taken, wall seconds, truncated flag, early-stop flag, EMA loss, eval history.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.optimizer]
+    opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    t0 = time.perf_counter()
+    ema, step, truncated, stopped = None, 0, False, False
+    evals: list[tuple[int, float]] = []
+
+    def evaluate() -> float | None:
+        if eval_fn is None:
+            return None
+        model.eval()
+        with torch.no_grad():
+            value = float(eval_fn(model))
+        model.train()
+        evals.append((step, value))
+        return value
+
+    model.train()
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr_at(step)
+        loss = loss_fn(model, batch_fn(step))
+        aux = model.aux_loss()
+        total = loss + aux if aux is not None else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        step += 1
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"training loss became {lv} at step {step}")
+        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+        if cfg.loss_target is not None and step >= 20 and ema < cfg.loss_target:
+            stopped = True
+            break
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            value = evaluate()
+            if cfg.target is not None and value is not None and value >= cfg.target:
+                stopped = True
+                break
+        if cfg.wall_cap_s is not None and time.perf_counter() - t0 > cfg.wall_cap_s:
+            truncated = True
+            break
+    if not (evals and evals[-1][0] == step):
+        evaluate()
+    model.eval()
+    return TrainResult(step, time.perf_counter() - t0, truncated, stopped, float(ema or 0.0), evals)
+
+
+def settings_for(defaults: Mapping[str, Mapping[str, Any]], preset_name: str,
+                 section: Mapping[str, Any]) -> dict[str, Any]:
+    """A suite's settings: its tier defaults (smoke/quick/full; gpu → full) overridden by
+    the preset section's keys that the suite knows (kernel-suite keys like `seq_lens` of
+    `[shapes]` are ignored unless the suite defines them)."""
+    tier = preset_name if preset_name in defaults else ("full" if preset_name == "gpu" else "quick")
+    out = dict(defaults[tier])
+    for k, v in section.items():
+        if k in out or k in ("methods", "backends", "exclude", "params", "seeds", "device"):
+            out[k] = v
+    return out
+
+
+# -- shared suite plumbing ---------------------------------------------------------------------
+def method_params(section: Mapping[str, Any], entry: MethodEntry) -> dict[str, Any]:
+    """Preset overrides `params.<method>` for one method, validated against its defaults."""
+    overrides = dict(section.get("params", {}).get(entry.name, {}))
+    entry.spec.params(overrides)  # unknown keys raise before anything runs
+    return overrides
+
+
+def token_loss(model: ProxyModel, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy over scored positions (labels != -100)."""
+    x, y = batch
+    logits = model(x)
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
+                                       ignore_index=-100)
+
+
+def token_hits(model: ProxyModel, x: torch.Tensor, y: torch.Tensor, batch: int = 256
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per example: number of scored positions whose argmax is right, and number scored."""
+    hits, total = [], []
+    with torch.no_grad():
+        for s in range(0, len(x), batch):
+            xb, yb = x[s:s + batch], y[s:s + batch]
+            pred = model(xb).argmax(-1)
+            mask = yb != -100
+            hits.append(((pred == yb) & mask).sum(1).cpu().numpy())
+            total.append(mask.sum(1).cpu().numpy())
+    return np.concatenate(hits), np.concatenate(total)
+
+
+def accepts_spatial(entry: MethodEntry) -> bool:
+    """Does the method's reference take a `spatial` grid (2-D methods)?"""
+    return "spatial" in inspect.signature(entry.reference.fn).parameters
+
+
+class ProxySuite:
+    """Base of the proxy suites: settings per preset tier, cases, applicability, model building.
+
+    Subclasses set `name`, `version`, `defaults` ({"smoke"|"quick"|"full": settings}), `causal`
+    and implement `tasks(settings, entry)` → [(Workload, options)] and `run(case)`.
+    """
+
+    name = ""
+    version = 1
+    causal = True
+    defaults: dict[str, dict[str, Any]] = {}
+
+    def settings(self, preset: Preset) -> dict[str, Any]:
+        return settings_for(self.defaults, preset.name, preset.section(self.name))
+
+    def applies_to(self, entry: MethodEntry, backend: Backend) -> str | None:
+        caps = entry.spec.capabilities
+        if not caps.backward:
+            return f"{self.name} trains a model and {entry.name} has no backward"
+        if self.causal and not caps.causal:
+            return f"{self.name} is a causal (next-token) task and {entry.name} has no causal form"
+        if not self.causal and not caps.noncausal:
+            return f"{self.name} is bidirectional and {entry.name} is causal only"
+        if 1 not in caps.dims and not self.takes_grid:
+            return f"{self.name} is a 1-D sequence task and {entry.name} takes only {caps.dims}-D grids"
+        return None
+
+    takes_grid = False
+
+    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
+        raise NotImplementedError
+
+    def cases(self, preset: Preset, methods: Registry[MethodEntry]) -> list[Case]:
+        s = self.settings(preset)
+        section = preset.section(self.name)
+        device = preset.device if preset.device not in ("", "auto") else "cpu"
+        out = []
+        for entry in methods:
+            for backend in s["backends"]:
+                if Backend(backend) not in entry.impls or not preset.selects(entry.name, backend, self.name):
+                    continue
+                params = params_json(method_params(section, entry))
+                for w, opts in self.tasks(s, entry, device):
+                    for seed in s["seeds"]:
+                        out.append(Case(self.name, entry.name, backend, w, params, int(seed), preset.name,
+                                        self.version, json.dumps(opts, sort_keys=True)))
+        return out
+
+    @staticmethod
+    def model_config(case: Case, **kw: Any) -> ModelConfig:
+        """ModelConfig of a case: method/backend/params from it, kv heads and grid from its shape."""
+        entry = METHODS.get(case.method)
+        params = entry.spec.params(case.param_dict)
+        w = entry.spec.shape(case.workload, params)
+        return ModelConfig(method=case.method, backend=case.backend, params=params, kv_heads=w.heads_kv,
+                           n_heads=w.heads_q, d_model=w.d_model, causal=w.causal, spatial=w.spatial, **kw)

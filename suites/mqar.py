@@ -1,0 +1,128 @@
+"""MQAR — multi-query associative recall (Zoology, Arora et al. 2023, arXiv 2312.04927).
+
+Each case trains the proxy model (learned positions, no MLP, pre-LN) on Zoology's generator at
+one sequence length L with the key-value counts `kv_pairs` mixed in the training set, over an
+in-case learning-rate sweep, and evaluates argmax accuracy on the scored (query) positions of a
+test set drawn from a disjoint stream.
+
+Rows (the case's seq_len is L, head_dim·heads the model width):
+    mqar_acc            accuracy, max over the LR sweep (per example, then mean)
+    mqar_acc_k<K>       the same model's accuracy on the K-pair slice of the test set
+    mqar_acc_lr<lr>     accuracy per learning rate (only when the sweep has > 1 LR)
+    steps_to_target     first eval step at which accuracy ≥ target (absent if never reached)
+    steps, wall_s (all LRs), truncated (any LR hit the wall cap), train_loss
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from attnbench import proxydata
+from attnbench.registry import MethodEntry, register_suite
+from attnbench.spec import Workload
+from attnbench.suite import Case, Row
+from attnbench.train import (ProxyModel, ProxySuite, TrainConfig, data_rng, seed_all, token_hits,
+                             token_loss, train)
+
+_SMOKE: dict[str, Any] = dict(
+    backends=["reference"], seeds=[0], vocab=256, seq_len=[64], kv_pairs=[[4, 8]], power_a=0.01,
+    random_non_queries=True, n_train=20_000, n_test=1_000, d_model=[64], n_layers=2, n_heads=1,
+    pos="learned", lrs=[3e-3], weight_decay=0.1, batch_size=64, warmup=450, schedule_steps=9_360,
+    steps=1_500, eval_every=156, target=0.99, wall_cap_s=60.0)
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": _SMOKE,
+    "quick": {**_SMOKE, "seq_len": [64, 128], "kv_pairs": [[4, 8], [8]], "vocab": 512, "steps": 3_000,
+              "wall_cap_s": 300.0},
+    # Zoology Fig. 2: V=8192, (L, K) grid, d sweep, LR sweep (max over LRs), 3 seeds, 64 epochs
+    "full": {**_SMOKE, "seeds": [0, 1, 2], "vocab": 8192, "seq_len": [64, 128, 256, 512],
+             "kv_pairs": [[4], [8], [16], [64]], "n_train": 100_000, "n_test": 3_000,
+             "d_model": [64, 128, 256, 512], "lrs": [1e-4, 4.64e-4, 2.15e-3, 1e-2], "batch_size": 256,
+             "warmup": 1_000, "schedule_steps": 25_000, "steps": 25_000, "eval_every": 390,
+             "wall_cap_s": 7_200.0, "random_non_queries": False},
+}
+
+
+@register_suite
+class MQAR(ProxySuite):
+    name = "mqar"
+    version = 1
+    causal = True
+    defaults = DEFAULTS
+
+    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
+        keys = ("vocab", "power_a", "random_non_queries", "n_train", "n_test", "n_layers", "pos", "lrs",
+                "weight_decay", "batch_size", "warmup", "schedule_steps", "steps", "eval_every", "target",
+                "wall_cap_s")
+        out = []
+        for seq_len, ks in zip(s["seq_len"], s["kv_pairs"], strict=True):
+            for d in s["d_model"]:
+                w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=seq_len,
+                             seq_kv=seq_len, head_dim=d // s["n_heads"], causal=True, mode="fwd_bwd",
+                             device=device)
+                out.append((w, {**{k: s[k] for k in keys}, "kv_pairs": list(ks)}))
+        return out
+
+    def run(self, case: Case) -> list[Row]:
+        o = case.option_dict
+        w = case.workload
+        dev = torch.device(w.device)
+        ks = o["kv_pairs"]
+
+        def make(stream: int, n: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+            rng = data_rng(case.seed, stream)
+            parts = [proxydata.mqar(rng, n // len(ks), o["vocab"], w.seq_q, k, o["power_a"],
+                                    o["random_non_queries"]) for k in ks]
+            kcol = np.concatenate([np.full(n // len(ks), k) for k in ks])
+            x = torch.from_numpy(np.concatenate([p[0] for p in parts])).to(dev)
+            y = torch.from_numpy(np.concatenate([p[1] for p in parts])).to(dev)
+            return x, y, kcol
+
+        x_tr, y_tr, _ = make(0, o["n_train"])
+        x_te, y_te, k_te = make(1, o["n_test"])
+        per_epoch = len(x_tr) // o["batch_size"]
+        perm_gen = torch.Generator().manual_seed(case.seed)
+        perms: dict[int, torch.Tensor] = {}
+
+        def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            epoch, i = divmod(step, per_epoch)
+            if epoch not in perms:
+                perms.clear()
+                perms[epoch] = torch.randperm(len(x_tr), generator=perm_gen).to(dev)
+            idx = perms[epoch][i * o["batch_size"]:(i + 1) * o["batch_size"]]
+            return x_tr[idx], y_tr[idx]
+
+        def accuracy(model: ProxyModel) -> np.ndarray:
+            hits, total = token_hits(model, x_te, y_te)
+            return hits / np.maximum(total, 1)
+
+        runs = []
+        for lr in o["lrs"]:
+            seed_all(case.seed)
+            perms.clear()
+            perm_gen.manual_seed(case.seed)
+            cfg = self.model_config(case, vocab=o["vocab"], out_dim=o["vocab"], n_layers=o["n_layers"],
+                                    mlp=False, pos=o["pos"], max_len=w.seq_q)
+            model = ProxyModel(cfg).to(dev)
+            tc = TrainConfig(steps=o["steps"], lr=lr, weight_decay=o["weight_decay"], warmup=o["warmup"],
+                             schedule_steps=o["schedule_steps"], eval_every=o["eval_every"], target=o["target"],
+                             wall_cap_s=o["wall_cap_s"])
+            res = train(model, batch_fn, token_loss, tc, lambda m: float(accuracy(m).mean()))
+            pe = accuracy(model)
+            runs.append((float(pe.mean()), lr, res, pe))
+        acc, _, best, per_example = max(runs, key=lambda r: r[0])
+        rows = [Row("mqar_acc", acc, "fraction", "max" if len(runs) > 1 else "value", len(per_example))]
+        rows += [Row(f"mqar_acc_k{k}", float(per_example[k_te == k].mean()), "fraction", n=int((k_te == k).sum()))
+                 for k in ks]
+        if len(runs) > 1:
+            rows += [Row(f"mqar_acc_lr{lr:g}", a, "fraction") for a, lr, _, _ in runs]
+        reached = [s for s, v in best.evals if v >= o["target"]]
+        if reached:
+            rows.append(Row("steps_to_target", reached[0], "steps"))
+        rows += best.rows()
+        rows = [r for r in rows if r.metric not in ("wall_s", "truncated")]
+        rows += [Row("wall_s", sum(r[2].wall_s for r in runs), "s"),
+                 Row("truncated", float(any(r[2].truncated for r in runs)), "bool")]
+        return rows
