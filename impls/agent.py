@@ -9,11 +9,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from attnbench.impls.mha import dense_attention
+from attnbench.impls.spectformer import grid_of
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
-from attnbench.impls.mha import dense_attention
-from attnbench.impls.spectformer import grid_of
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 
@@ -38,7 +38,8 @@ def agent_flops(w: Workload, params: Params) -> FlopCount:
     core = 8.0 * w.heads_q * n * a * w.head_dim
     dwc = 18.0 * n * c if params["dwc"] else 0.0
     useful = w.batch * (core + n * c + dwc + 8.0 * n * c * c)
-    return FlopCount(useful=useful, executed=useful, softmax=SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * 2 * n * a)
+    softmax = SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * 2 * n * a
+    return FlopCount(useful=useful, executed=useful, softmax=softmax)
 
 
 SPEC = AttentionSpec(
@@ -139,8 +140,8 @@ class AgentAttention(nn.Module):
 
 @register_method(SPEC)
 def agent(d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False,
-          spatial: tuple[int, ...] | None = None, agent_num: int = 49, agent_bias: bool = True, dwc: bool = True,
-          bias_table: int = 7) -> AgentAttention:
+          spatial: tuple[int, ...] | None = None, agent_num: int = 49, agent_bias: bool = True,
+          dwc: bool = True, bias_table: int = 7) -> AgentAttention:
     """Build an agent attention layer for the token grid `spatial`."""
-    return AgentAttention(d_model, n_heads, backend=backend, causal=causal, spatial=spatial, agent_num=agent_num,
-                          agent_bias=agent_bias, dwc=dwc, bias_table=bias_table)
+    return AgentAttention(d_model, n_heads, backend=backend, causal=causal, spatial=spatial,
+                          agent_num=agent_num, agent_bias=agent_bias, dwc=dwc, bias_table=bias_table)

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from attnbench.impls.mha import causal_mask, dense_attention
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs
-from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 
@@ -48,7 +48,8 @@ def cca_flops(w: Workload, params: Params) -> FlopCount:
     e, d, s = w.d_model, w.head_dim, w.seq_q
     eq, ekv = hq * d, hkv * d
     proj = 2.0 * s * e * (2 * eq + 2 * ekv)
-    conv = 2.0 * s * (eq + ekv) * (params["kernel_dw"] + d * params["kernel_grouped"]) if params["convs"] else 0.0
+    taps = params["kernel_dw"] + d * params["kernel_grouped"]
+    conv = 2.0 * s * (eq + ekv) * taps if params["convs"] else 0.0
     pairs = causal_pairs(s, s) if w.causal else s * s
     core = 4.0 * pairs * eq
     useful = w.batch * (proj + conv + core)
@@ -132,7 +133,8 @@ class CCAttention(nn.Module):
         self.e_q, self.e_kv = self.h_q * self.d_h, self.h_kv * self.d_h
         if value_shift and self.e_kv % 2:
             raise ValueError(f"{spec.name}: value shift needs an even latent kv width, got {self.e_kv}")
-        self.convs, self.mean_residual, self.value_shift, self.qk_norm = convs, mean_residual, value_shift, qk_norm
+        self.convs, self.mean_residual = convs, mean_residual
+        self.value_shift, self.qk_norm = value_shift, qk_norm
         self.k0, self.k1 = kernel_dw, kernel_grouped
         self.q = nn.Linear(d_model, self.e_q, bias=False)
         self.k = nn.Linear(d_model, self.e_kv, bias=False)
@@ -156,7 +158,7 @@ class CCAttention(nn.Module):
 
     def _qk(self, qt: torch.Tensor, kt: torch.Tensor, conv_in: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent q̃ `[B,N,ẽ_q]`, k̃ `[B,N,ẽ_kv]`, left-padded conv input → q `[B,H_q,N,d]`, k `[B,H_kv,N,d]`."""
+        """q̃ `[B,N,ẽ_q]`, k̃ `[B,N,ẽ_kv]`, left-padded conv input → q `[B,H_q,N,d]`, k `[B,H_kv,N,d]`."""
         if self.convs:
             p = self.conv_grouped(self.conv_dw(conv_in.transpose(1, 2))).transpose(1, 2)
             q, k = p.split([self.e_q, self.e_kv], dim=-1)

@@ -8,11 +8,11 @@ groups. Gated head outputs go through `W_O`; a load-balance loss keeps the route
 from __future__ import annotations
 
 import torch
+from attnbench.impls.mha import causal_mask, dense_attention
+from attnbench.impls.mha import kv_cache_bytes as mha_kv_cache_bytes
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs
-from attnbench.impls.mha import causal_mask, dense_attention
-from attnbench.impls.mha import kv_cache_bytes as mha_kv_cache_bytes
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 
@@ -116,7 +116,7 @@ class MoHAttention(nn.Module):
         self.attend = gated_attention if Backend(backend) is Backend.REFERENCE else step(SPEC, backend)
 
     def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-token head gates `[B, N, H]` (shared heads first), routing probs and top-k mask `[B, N, H_r]`."""
+        """Head gates `[B, N, H]` (shared heads first), routing probs and top-k mask `[B, N, H_r]`."""
         p = torch.softmax(self.router(x).float(), dim=-1)
         top = p.topk(self.k_active, dim=-1).indices
         m = torch.zeros_like(p).scatter_(-1, top, 1.0)

@@ -66,7 +66,8 @@ def _inverse_real_dft(b: int) -> torch.Tensor:
 def _dft(n: int) -> torch.Tensor:
     """`[n, n]` orthonormal DFT matrix e^{-2πi·jk/n}/√n (complex128)."""
     j = torch.arange(n, dtype=torch.float64)
-    return torch.polar(torch.full((n, n), n ** -0.5, dtype=torch.float64), -2 * math.pi * j[:, None] * j[None] / n)
+    mag = torch.full((n, n), n ** -0.5, dtype=torch.float64)
+    return torch.polar(mag, -2 * math.pi * j[:, None] * j[None] / n)
 
 
 def spectral_filter(x: torch.Tensor, weight: torch.Tensor, *, spatial: tuple[int, int]) -> torch.Tensor:
@@ -122,7 +123,8 @@ class SpectralGating(nn.Module):
 def spectformer(d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False,
                 spatial: tuple[int, ...] | None = None, init_std: float = 0.02) -> SpectralGating:
     """Build a spectral gating layer for the token grid `spatial`."""
-    return SpectralGating(d_model, n_heads, backend=backend, causal=causal, spatial=spatial, init_std=init_std)
+    return SpectralGating(d_model, n_heads, backend=backend, causal=causal, spatial=spatial,
+                          init_std=init_std)
 
 
 def spectformer_mixers(depth: int, d_model: int, n_heads: int, *, spatial: tuple[int, int], alpha: int = 4,

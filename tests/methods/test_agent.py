@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import attnbench.kernels.agent  # registers agent and its SDPA step
 import pytest
 import torch
-
-import attnbench.kernels.agent  # registers agent and its SDPA step
-from attnbench.flops import counted_flops
 from attnbench.impls.agent import SPEC, agent_attention, agent_flops
 from attnbench.impls.mha import dense_attention
+
+from attnbench.flops import counted_flops
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 
@@ -33,9 +33,11 @@ def test_sdpa_matches_reference(params: dict) -> None:
 
 
 def test_two_stage_is_row_stochastic_and_associative() -> None:
-    q, k, v, a = _rand(2, H, N, 8), _rand(2, H, N, 8, seed=2), _rand(2, H, N, 8, seed=3), _rand(2, H, 9, 8, seed=4)
+    q, k, v = (_rand(2, H, N, 8, seed=s) for s in (1, 2, 3))
+    a = _rand(2, H, 9, 8, seed=4)
     s = 8 ** -0.5
-    phi_q, phi_k = torch.softmax(q @ a.transpose(-1, -2) * s, -1), torch.softmax(a @ k.transpose(-1, -2) * s, -1)
+    phi_q = torch.softmax(q @ a.transpose(-1, -2) * s, -1)
+    phi_k = torch.softmax(a @ k.transpose(-1, -2) * s, -1)
     mixed = phi_q @ phi_k
     torch.testing.assert_close(mixed.sum(-1), torch.ones_like(mixed[..., 0]))
     torch.testing.assert_close(agent_attention(q, k, v, a), mixed @ v)  # (φ_q φ_kᵀ) V == φ_q (φ_kᵀ V)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import attnbench.kernels.cca  # noqa: F401  (registers cca and its SDPA step)
 import attnbench.kernels.ccgqa  # noqa: F401
-from attnbench.flops import counted_flops
+import pytest
+import torch
 from attnbench.impls.cca import SPEC, cca_flops, cca_kv_cache_bytes
 from attnbench.impls.mha import causal_mask, dense_attention
+
+from attnbench.flops import counted_flops
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 
@@ -42,11 +42,6 @@ def test_compression_one_with_features_off_is_mha(causal: bool) -> None:
     mask = causal_mask(N, N) if causal else None
     want = layer.o(dense_attention(q, k, v, mask).transpose(1, 2).flatten(2))
     torch.testing.assert_close(layer(x), want)
-
-
-def test_ccgqa_with_one_group_is_cca() -> None:
-    x = _x()
-    torch.testing.assert_close(_layer("ccgqa", groups=1)(x), _layer("cca")(x))
 
 
 @pytest.mark.parametrize("method", ["cca", "ccgqa"])

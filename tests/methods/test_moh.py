@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import attnbench.kernels.moh  # noqa: F401  (registers moh and its sdpa/native steps)
 import pytest
 import torch
-
-import attnbench.kernels.moh  # noqa: F401  (registers moh and its sdpa/native steps)
-from attnbench.flops import counted_flops
 from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.impls.moh import SPEC, load_balance_loss, moh_flops
+
+from attnbench.flops import counted_flops
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 
@@ -33,7 +33,8 @@ def test_backends_match_reference_fwd_and_grad(backend: str, causal: bool) -> No
         layer = _layer(b, causal=causal, active_ratio=0.5, shared_ratio=0.25)
         y = layer(x)
         outs.append(y)
-        grads.append(torch.autograd.grad((y * y).sum() + layer.aux_loss, [x, layer.qkv.weight, layer.router.weight]))
+        leaves = [x, layer.qkv.weight, layer.router.weight]
+        grads.append(torch.autograd.grad((y * y).sum() + layer.aux_loss, leaves))
     torch.testing.assert_close(outs[1], outs[0])
     for g1, g0 in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(g1, g0)
