@@ -1,0 +1,100 @@
+"""Shared parts of the "Deconstructing Attention" variants (Xue, Moosavi, Aletras, 2025; arXiv 2510.11602).
+
+Each controlled relaxation is its own registered method (`decon_approx`, `decon_nonapprox`,
+`decon_mlp`, `decon_rnd_qk`, `decon_static_qk`); `hybrid_layers` interleaves one with standard
+attention across the layers of a model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attnbench.impls.mdha import attention_step
+from attnbench.registry import step
+from attnbench.spec import AttentionSpec, Backend, Paper
+
+PAPER = Paper("Deconstructing Attention: Investigating Design Principles for Effective Language Modeling",
+              2025, "2510.11602")
+
+HYBRID_PATTERNS = ("uniform", "alternate", "top", "middle", "bottom", "quarter", "first", "last",
+                   "bilateral")
+
+
+def hybrid_layers(n_layers: int, variant: str, pattern: str = "alternate", standard: str = "mha"
+                  ) -> list[str]:
+    """Per-layer method names of a hybrid model (layer 1 first).
+
+    Patterns, for layers numbered 1…L (paper's 24-layer ranges in brackets):
+    `uniform` variant everywhere; `alternate` variant in odd layers, standard in even (50%);
+    `top` variant in (L/2, L] (13–24); `middle` in (L/4, 3L/4] (7–18); `bottom` in [1, L/4] (1–6);
+    `quarter` standard only at every 4th layer (4, 8, …, 24); `first` / `last` variant only in the
+    first / last layer; `bilateral` variant in the first and the last layer. The paper names the
+    first/last/bilateral presets without ranges; those three are this harness's reading.
+    Args:
+        n_layers: L; variant: registered name of the relaxed method (e.g. "decon_nonapprox");
+        pattern: one of HYBRID_PATTERNS; standard: method of the other layers.
+    Returns:
+        A list of L method names.
+    """
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be positive, got {n_layers}")
+    rules = {
+        "uniform": lambda i: True,
+        "alternate": lambda i: i % 2 == 1,
+        "top": lambda i: i > n_layers / 2,
+        "middle": lambda i: n_layers / 4 < i <= 3 * n_layers / 4,
+        "bottom": lambda i: i <= n_layers / 4,
+        "quarter": lambda i: i % 4 != 0,
+        "first": lambda i: i == 1,
+        "last": lambda i: i == n_layers,
+        "bilateral": lambda i: i in (1, n_layers),
+    }
+    if pattern not in rules:
+        raise ValueError(f"unknown hybrid pattern {pattern!r}; valid: {', '.join(HYBRID_PATTERNS)}")
+    return [variant if rules[pattern](i) else standard for i in range(1, n_layers + 1)]
+
+
+class SourceQKAttention(nn.Module):
+    """Softmax attention whose Q and K come from a source other than the layer input; V from `x`.
+
+    `source="random"`: a fixed noise buffer `ε ~ N(0, σ²)` `[max_len, C]` (RndEmbQK; the paper passes
+    ε through the preceding blocks, here the layer's own projections see it directly). Q/K are
+    computed once with batch 1 and broadcast: the attention map is input-independent. A model can
+    replace the buffer with `set_qk_source(h)` (e.g. FixedSeqQK's hidden states of a fixed text).
+    `source="static"`: Q/K from the token embeddings bound with `set_qk_source(e [B, N, C])`
+    (StaticEmbQK); unbound, the layer input is used (then it equals standard attention).
+    """
+
+    def __init__(self, spec: AttentionSpec, d_model: int, n_heads: int, *, backend: Backend | str,
+                 causal: bool, source: str, sigma: float = 1.0, max_len: int = 4096, seed: int = 0) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim, self.causal, self.source = n_heads, d_model // n_heads, causal, source
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.k = nn.Linear(d_model, d_model, bias=False)
+        self.v = nn.Linear(d_model, d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        noise = None
+        if source == "random":
+            gen = torch.Generator().manual_seed(seed)
+            noise = torch.randn(1, max_len, d_model, generator=gen) * sigma
+        self.register_buffer("qk_source", noise)
+        backend = Backend(backend)
+        self.attend = attention_step if backend == Backend.REFERENCE else step(spec, backend)
+        self.aux_loss = None
+
+    def set_qk_source(self, h: torch.Tensor | None) -> None:
+        """Bind the Q/K source `[1|B, N, C]` (None: back to the default)."""
+        self.qk_source = h
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        src = x if self.qk_source is None else self.qk_source[:, :n].to(x.dtype)
+        q, k = self._heads(self.q(src)), self._heads(self.k(src))
+        if q.shape[0] != b:  # batch-1 source: one map for the whole batch
+            q, k = q.expand(b, -1, -1, -1), k.expand(b, -1, -1, -1)
+        o = self.attend(q, k, self._heads(self.v(x)), causal=self.causal)
+        return self.out(o.transpose(1, 2).reshape(b, n, -1))
