@@ -36,7 +36,11 @@ class Preset:
 
     @property
     def device(self) -> str:
+        """The device cases run on; the runner resolves "auto" before asking suites for cases."""
         return str(self.data.get("device", "auto"))
+
+    def with_device(self, device: str) -> Preset:
+        return Preset(self.name, {**self.data, "device": device})
 
     def section(self, suite: str) -> dict[str, Any]:
         """Settings for one suite: [shapes] and [timing], overridden by [suite.<name>]."""

@@ -67,7 +67,7 @@ class Workload:
 
     batch: int = 1
     heads_q: int = 4
-    heads_kv: int = 4
+    heads_kv: int = 0  # 0 = same as heads_q
     seq_q: int = 256
     seq_kv: int = 256
     head_dim: int = 64
@@ -78,6 +78,8 @@ class Workload:
     spatial: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.heads_kv == 0:
+            object.__setattr__(self, "heads_kv", self.heads_q)
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         if self.mode not in MODES:

@@ -7,6 +7,7 @@ so that cost is recorded as setup time and never enters the steady-state latency
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +58,8 @@ def _make(spec: AttentionSpec, compiled: bool) -> Callable[..., Callable[..., to
         attend = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
         def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*without torch.compile.*")  # eager is the point
                 return attend(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
 
         if compiled:

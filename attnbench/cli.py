@@ -1,0 +1,222 @@
+"""`attnbench` command line: list, run, report, compare, env, results compact."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from attnbench.presets import PresetError, apply_override, load_preset
+from attnbench.registry import METHODS, SUITES, UnknownNameError, load_plugins
+
+app = typer.Typer(help="Benchmark attention mechanisms: speed, memory, FLOPs, correctness, accuracy.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+results_app = typer.Typer(help="Manage results folders.", no_args_is_help=True)
+app.add_typer(results_app, name="results")
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(msg: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error and return the Exit to raise."""
+    err.print(f"[red]error:[/red] {msg}", highlight=False)
+    return typer.Exit(code)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
+
+
+@app.command("list")
+def list_methods(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+                 family: Annotated[str | None, typer.Option(help="Only this family.")] = None) -> None:
+    """Methods × backends × capabilities, and the suites."""
+    load_plugins()
+    entries = [e for e in METHODS if family is None or e.spec.family == family]
+    if as_json:
+        out = [{"name": e.name, "title": e.spec.title, "family": e.spec.family, "kind": e.spec.kind,
+                "paper": {"title": e.spec.paper.title, "year": e.spec.paper.year, "url": e.spec.paper.url},
+                "backends": [b.value for b in e.backends], "defaults": e.spec.params(),
+                "capabilities": {"causal": e.spec.capabilities.causal,
+                                 "noncausal": e.spec.capabilities.noncausal, "gqa": e.spec.capabilities.gqa,
+                                 "backward": e.spec.capabilities.backward,
+                                 "dims": list(e.spec.capabilities.dims)}} for e in entries]
+        typer.echo(json.dumps({"methods": out, "suites": SUITES.names()}, indent=2, default=str))
+        return
+    table = Table(title=f"{len(entries)} methods")
+    for col in ("method", "family", "kind", "backends", "causal", "gqa", "bwd", "dims", "paper"):
+        table.add_column(col)
+    for e in entries:
+        c = e.spec.capabilities
+        mask = "both" if c.causal and c.noncausal else ("causal" if c.causal else "full")
+        table.add_row(e.name, e.spec.family, e.spec.kind, ", ".join(b.value for b in e.backends), mask,
+                      "✓" if c.gqa else "", "✓" if c.backward else "", ",".join(map(str, c.dims)),
+                      f"{e.spec.paper.title} ({e.spec.paper.year})")
+    console.print(table)
+    console.print(f"suites: {', '.join(SUITES.names())}")
+
+
+@app.command()
+def run(
+    preset: Annotated[str, typer.Option(help="smoke | quick | full | gpu, or a .toml path.")] = "quick",
+    suites: Annotated[list[str] | None, typer.Option("--suites", "--suite", help="Comma list.")] = None,
+    methods: Annotated[list[str] | None, typer.Option("--methods", "--method", help="Comma list/globs.")] = None,
+    backends: Annotated[list[str] | None, typer.Option("--backends", "--backend", help="Comma list.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:i].")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Preset override key.path=value.")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="Method param, e.g. sliding_window.window=64.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Results folder (Parquet parts).")] = Path("results"),
+    site: Annotated[Path, typer.Option(help="Where to render the leaderboard.")] = Path("site"),
+    report: Annotated[bool, typer.Option(help="Render the site after the run.")] = True,
+    resume: Annotated[bool, typer.Option(help="Skip cases already finished ok in --out.")] = False,
+    shard: Annotated[str, typer.Option(help="Run shard i of n, as i/n.")] = "1/1",
+    isolate: Annotated[bool, typer.Option(help="Each case in its own process.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per case.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (recorded).")] = None,
+    budget: Annotated[float | None, typer.Option(help="Seconds for the whole run; later cases are "
+                                                      "recorded as skipped.")] = None,
+) -> None:
+    """Run a preset (default: quick on the best device) into Parquet, then render the site."""
+    from attnbench.runner import PlanError, Runner
+
+    load_plugins()
+    overrides = list(set_ or [])
+    for key, values in (("suites", suites), ("methods", methods), ("backends", backends)):
+        if values:
+            overrides.append(f"{key}={json.dumps(_split(values))}")
+    if device:
+        overrides.append(f"device={json.dumps(device)}")
+    explicit = set()
+    for item in param or []:
+        name, _, rest = item.partition(".")
+        if not rest or "=" not in rest:
+            raise fail(f"--param {item!r} is not of the form method.key=value")
+        try:
+            METHODS.get(name)
+        except UnknownNameError as exc:
+            raise fail(str(exc)) from None
+        overrides.append(f"shapes.params.{name}.{rest}")
+        explicit.add(name)
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        if not 1 <= i <= n:
+            raise ValueError
+    except ValueError:
+        raise fail(f"--shard {shard!r} must be i/n with 1 ≤ i ≤ n") from None
+    try:
+        pre = load_preset(preset, overrides)
+        runner = Runner(pre, out, resume=resume, shard=(i, n), isolate=isolate, timeout_s=timeout,
+                        threads=threads, budget_s=budget, explicit_params=frozenset(explicit))
+        summary = runner.run()
+    except (PresetError, PlanError, UnknownNameError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())) or "nothing new"
+    err.print(f"run {summary.run_id}: {summary.planned} cases ({summary.skipped_done} already done), "
+              f"rows: {counts}; {summary.seconds:.0f} s → {out}/")
+    if summary.interrupted:
+        err.print(f"interrupted: finished cases are kept; `attnbench run --resume -o {out}` completes the rest")
+        raise typer.Exit(130)
+    if report:
+        _render(out, site)
+
+
+def _render(results_dir: Path, site: Path) -> None:
+    from attnbench.reports import build_site
+
+    index = build_site([results_dir], site)
+    err.print(f"leaderboard → {index}")
+
+
+@app.command("report")
+def report_cmd(
+    inputs: Annotated[list[Path], typer.Argument(help="Results folders or Parquet files.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Site folder.")] = Path("site"),
+    fmt: Annotated[str, typer.Option("--format", help="html | md")] = "html",
+) -> None:
+    """Render results from any number of machines into a static leaderboard (or Markdown)."""
+    from attnbench import reports
+    from attnbench.results import SchemaError
+
+    load_plugins()
+    try:
+        if fmt == "md":
+            typer.echo(reports.markdown_summary(inputs))
+        elif fmt == "html":
+            err.print(f"leaderboard → {reports.build_site(inputs, out)}")
+        else:
+            raise fail(f"unknown format {fmt!r}; use html or md")
+    except (SchemaError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def compare(
+    base: Annotated[list[Path] | None, typer.Argument(help="BASE results, then HEAD results.")] = None,
+    threshold: Annotated[float, typer.Option(help="Regression factor.")] = 1.10,
+    alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
+    baseline: Annotated[str, typer.Option(help="Same-run baseline for cross-machine ratios.")] = "mha/sdpa",
+    fmt: Annotated[str, typer.Option("--format", help="table | md | json")] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    ab: Annotated[str | None, typer.Option("--ab", help="Run base commit REF and the working tree "
+                                                         "interleaved, then compare.")] = None,
+    rounds: Annotated[int, typer.Option(help="A/B rounds.")] = 3,
+    run_args: Annotated[str, typer.Option(help="Arguments for `attnbench run` in --ab mode.")]
+    = "--preset smoke --suites latency",
+) -> None:
+    """Compare HEAD with BASE: exit 1 on a significant regression, 2 on unusable input."""
+    import shlex
+
+    from attnbench import gate
+
+    load_plugins()
+    try:
+        if ab:
+            cmp = gate.ab_compare(ab, run_args=shlex.split(run_args), rounds=rounds, threshold=threshold,
+                                  alpha=alpha)
+        else:
+            if not base or len(base) != 2:
+                raise fail("compare takes BASE and HEAD (or --ab REF)")
+            cmp = gate.compare([base[0]], [base[1]], threshold=threshold, alpha=alpha, baseline=baseline)
+    except gate.GateInputError as exc:
+        raise fail(str(exc)) from None
+    fmt = "json" if as_json else fmt
+    if fmt == "json":
+        typer.echo(cmp.to_json())
+    elif fmt == "md":
+        typer.echo(cmp.to_markdown())
+    else:
+        cmp.render(console)
+    raise typer.Exit(cmp.exit_code)
+
+
+@app.command()
+def env(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The device and software a run here would record."""
+    from attnbench import device as devmod
+
+    info = devmod.capture(devmod.best_device()).as_dict()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for k, v in info.items():
+        console.print(f"[bold]{k}[/bold]: {v}", highlight=False)
+
+
+@results_app.command("compact")
+def results_compact(folder: Annotated[Path, typer.Argument(help="Results folder.")] = Path("results")) -> None:
+    """Merge a folder's part files into one Parquet file."""
+    from attnbench.results import compact as do_compact
+
+    try:
+        err.print(f"compacted → {do_compact(folder)}")
+    except FileNotFoundError as exc:
+        raise fail(str(exc)) from None
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

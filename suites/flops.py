@@ -1,0 +1,39 @@
+"""FLOPs suite: analytic useful/executed/softmax FLOPs, FlopCounterMode cross-check, KV-cache bytes."""
+
+from __future__ import annotations
+
+from attnbench.execute import prepare_call, workload_for
+from attnbench.flops import counted_flops, dense_flops
+from attnbench.kernelsuite import KernelSuite
+from attnbench.registry import METHODS, register_suite
+from attnbench.spec import Backend
+from attnbench.suite import Case, Row
+
+
+# FlopCounterMode raises inside flex_attention, and a failed trace under it poisons dynamo's cache.
+UNCOUNTABLE = (Backend.FLEX, Backend.FLEX_COMPILED)
+
+
+@register_suite
+class Flops(KernelSuite):
+    name = "flops"
+    version = 1
+
+    def run(self, case: Case) -> list[Row]:
+        entry = METHODS.get(case.method)
+        params = entry.spec.params(case.param_dict)
+        w = workload_for(entry, case.workload, params).replace(mode="fwd")
+        fc = entry.spec.flops(w, params) if entry.spec.flops else dense_flops(w)
+        rows = [Row("flops_useful", fc.useful, "FLOP"), Row("flops_softmax", fc.softmax, "FLOP")]
+        if fc.executed is not None:
+            rows.append(Row("flops_executed", fc.executed, "FLOP"))
+        if entry.spec.kv_cache_bytes:
+            rows.append(Row("kv_cache_bytes", float(entry.spec.kv_cache_bytes(w, params)), "B"))
+        if case.backend in UNCOUNTABLE:
+            return rows
+        call = prepare_call(case.method, Backend(case.backend), w, params, seed=case.seed)
+        counted = counted_flops(call.call)
+        if counted:  # None: not countable (flex); 0: ops the counter has no formula for
+            rows += [Row("flops_counted", counted, "FLOP"),
+                     Row("flops_counted_ratio", counted / fc.useful if fc.useful else None, "ratio")]
+        return rows

@@ -1,0 +1,55 @@
+"""Memory suite: measured peak above the inputs, plus analytic score-matrix and KV-cache bytes.
+
+CUDA: `max_memory_allocated` above the baseline. CPU: the kernel's resettable peak RSS in a
+worker process (see attnbench.memory). Setup (compile, mask build) happens before the peak reset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from attnbench import memory
+from attnbench.execute import prepare_call, workload_for
+from attnbench.kernelsuite import KernelSuite
+from attnbench.registry import METHODS, load_plugins, register_suite
+from attnbench.suite import Case, Row
+
+
+def measure_peak(case_json: str) -> dict[str, Any]:
+    """Worker entry: prepare the case, then measure one call's peak (bytes above baseline)."""
+    load_plugins()
+    case = Case.from_json(case_json)
+    entry = METHODS.get(case.method)
+    params = entry.spec.params(case.param_dict)
+    w = workload_for(entry, case.workload, params)
+    call = prepare_call(case.method, case.backend, w, params, seed=case.seed)
+    call.call()  # warm: lazy allocations and caches are not the kernel's working set
+    if w.device.startswith("cuda"):
+        return {"peak": memory.cuda_peak_above_baseline(call.call)}
+    return {"peak": memory.peak_rss_above_baseline(call.call)}
+
+
+@register_suite
+class Memory(KernelSuite):
+    name = "memory"
+    version = 1
+
+    def run(self, case: Case) -> list[Row]:
+        entry = METHODS.get(case.method)
+        params = entry.spec.params(case.param_dict)
+        w = workload_for(entry, case.workload, params)
+        if w.device == "cpu":
+            why = memory.cpu_peak_supported()
+            if why:
+                raise RuntimeError(why)
+            peak = memory.in_worker(measure_peak, case.to_json())["peak"]
+        else:
+            peak = measure_peak(case.to_json())["peak"]
+        elem = torch.finfo(w.torch_dtype).bits // 8
+        rows = [Row("peak_mem_bytes", float(peak), "B", "max"),
+                Row("attn_matrix_bytes", float(w.batch * w.heads_q * w.seq_q * w.seq_kv * elem), "B")]
+        if entry.spec.kv_cache_bytes:
+            rows.append(Row("kv_cache_bytes", float(entry.spec.kv_cache_bytes(w, params)), "B"))
+        return rows

@@ -1,0 +1,56 @@
+"""Scaling suite: latency over a sweep of N per method/backend and the fitted cost exponent.
+
+One case per method × backend × (batch, heads, dtype, causal, mode); `seq_lens` is the sweep.
+`cost_exponent` is the least-squares slope of log(latency) on log(N) (2 = quadratic, 1 = linear).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from attnbench.execute import prepare_call, workload_for
+from attnbench.kernelsuite import KernelSuite, as_list, workloads
+from attnbench.registry import METHODS, register_suite
+from attnbench.spec import Workload
+from attnbench.suite import Case, Row
+from attnbench.timing import bench
+
+
+def fit_exponent(ns: list[int], ms: list[float]) -> float:
+    """Slope of log(ms) against log(n)."""
+    xs, ys = [math.log(n) for n in ns], [math.log(m) for m in ms]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+@register_suite
+class Scaling(KernelSuite):
+    name = "scaling"
+    version = 1
+
+    def options(self, section: dict[str, Any]) -> dict[str, Any]:
+        keys = ("min_time_s", "max_reps", "warmup_s")
+        return {"seq_lens": sorted(as_list(section.get("seq_lens", [256, 512, 1024]))),
+                **{k: section[k] for k in keys if k in section}}
+
+    def case_workloads(self, section: dict[str, Any], device: str) -> list[Workload]:
+        smallest = min(as_list(section.get("seq_lens", [256])))
+        return workloads({**section, "seq_lens": [smallest]}, device)
+
+    def run(self, case: Case) -> list[Row]:
+        entry = METHODS.get(case.method)
+        params = entry.spec.params(case.param_dict)
+        opts = case.option_dict
+        ns, ms, rows = [], [], []
+        for n in opts.pop("seq_lens"):
+            w = workload_for(entry, case.workload.replace(seq_q=n, seq_kv=n), params)
+            t = bench(prepare_call(case.method, case.backend, w, params, seed=case.seed).call,
+                      device=w.device, **opts)
+            ns.append(n)
+            ms.append(t.median)
+            rows.append(Row("latency_ms", t.median, "ms", "median", t.n, t.p20, t.p80, t.samples_ms,
+                            extra={"seq_len": n, "seq_kv": n}))
+        if len(ns) >= 2:
+            rows.append(Row("cost_exponent", fit_exponent(ns, ms), "", "fit", len(ns)))
+        return rows
