@@ -51,11 +51,12 @@ def linear_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     qc, kc, vc = (F.pad(t, (0, 0, 0, pad)).unflatten(-2, (-1, L)) for t in (qf, kf, vf))  # [..., C, L, ·]
     a = (qc @ kc.transpose(-1, -2)) * torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
     states = s0.unsqueeze(-3) + _exclusive_cumsum(kc.transpose(-1, -2) @ vc, dim=-3)  # [..., C, D, Dv]
-    o = a @ vc + qc @ states
+    o = (a @ vc + qc @ states).flatten(-3, -2)[..., :nq, :]  # drop padded rows before any division
     if normalize:
         zs = z0.unsqueeze(-2) + _exclusive_cumsum(kc.sum(-2), dim=-2)  # [..., C, D]
-        o = o / (a.sum(-1) + (qc @ zs.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)
-    return o.flatten(-3, -2)[..., :nq, :].flatten(1, 2).to(q.dtype)
+        z = (a.sum(-1) + (qc @ zs.unsqueeze(-1)).squeeze(-1)).flatten(-2, -1)[..., :nq]
+        o = o / z.unsqueeze(-1)
+    return o.flatten(1, 2).to(q.dtype)
 
 
 def linear_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
