@@ -8,9 +8,9 @@ attention across the layers of a model.
 from __future__ import annotations
 
 import torch
+from attnbench.impls.mdha import attention_step
 from torch import nn
 
-from attnbench.impls.mdha import attention_step
 from attnbench.registry import step
 from attnbench.spec import AttentionSpec, Backend, Paper
 

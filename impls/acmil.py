@@ -33,7 +33,8 @@ SPEC = AttentionSpec(
     defaults={"n_branches": 5, "top_k": 10, "mask_prob": 0.6, "hidden": 128},
     capabilities=Capabilities(causal=False, noncausal=True),
     flops=acmil_flops,
-    claims=("Beats earlier MIL methods on CAMELYON16, BRACS and LBC with two backbones (numbers unverified).",),
+    claims=("Beats earlier MIL methods on CAMELYON16, BRACS and LBC with two backbones "
+            "(numbers unverified).",),
 )
 
 

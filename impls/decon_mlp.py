@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from attnbench.impls._deconstructed import PAPER
 from torch import nn
 
-from attnbench.impls._deconstructed import PAPER
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Params, Workload
 
@@ -36,7 +36,8 @@ SPEC = AttentionSpec(
 )
 
 
-def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+def gated_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor
+              ) -> torch.Tensor:
     """Reference `FC_dn(SiLU(FC_gt x) · FC_up x)` on `[B, N, C]`."""
     return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from attnbench.impls._deconstructed import PAPER
 from attnbench.impls.mha import causal_mask
+
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Params, Workload
-
 
 SOFTMAX_PER_KEY = 5  # exp, running max, sum, divide
 
@@ -19,7 +18,8 @@ SOFTMAX_PER_KEY = 5  # exp, running max, sum, divide
 def nonapprox_flops(w: Workload, params: Params) -> FlopCount:
     """Linear in N: score `2·D` per key, weighted prefix sum `2·D` per position: `4·B·H·N·D`."""
     total = 4.0 * w.batch * w.heads_q * w.seq_kv * w.head_dim
-    return FlopCount(useful=total, executed=total, softmax=float(SOFTMAX_PER_KEY * w.batch * w.heads_q * w.seq_kv))
+    return FlopCount(useful=total, executed=total,
+                     softmax=float(SOFTMAX_PER_KEY * w.batch * w.heads_q * w.seq_kv))
 
 
 SPEC = AttentionSpec(
@@ -30,7 +30,8 @@ SPEC = AttentionSpec(
     capabilities=Capabilities(causal=True, noncausal=True, gqa=True),
     flops=nonapprox_flops,
     check=lambda w, p: "query-independent weights need Nq == Nk" if w.seq_q != w.seq_kv else None,
-    claims=("500M uniform: NLU 39.3 (≈ random 39.9); hybrid: NLU 52.9 / PPL 39.4, beating standard's 51.9 on NLU.",),
+    claims=("500M uniform: NLU 39.3 (≈ random 39.9); hybrid: NLU 52.9 / PPL 39.4, beating standard's "
+            "51.9 on NLU.",),
 )
 
 
@@ -43,7 +44,8 @@ def key_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 @register_method(SPEC)
-def decon_nonapprox(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+def decon_nonapprox(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False
+                    ) -> torch.Tensor:
     """Reference: every query row gets the logits `s_j` (masked causally), softmax, `@ v`. `[B, H, N, D]`."""
     s = key_scores(q, k)
     n = q.shape[-2]

@@ -3,8 +3,9 @@ fixed random noise instead of the layer input (values from the input): an input-
 
 from __future__ import annotations
 
-from attnbench.flops import dense_flops
 from attnbench.impls._deconstructed import PAPER, SourceQKAttention
+
+from attnbench.flops import dense_flops
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Backend, Capabilities
 

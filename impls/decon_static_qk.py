@@ -3,8 +3,9 @@ from the input token embeddings (bound with `set_qk_source`), values from the la
 
 from __future__ import annotations
 
-from attnbench.flops import dense_flops
 from attnbench.impls._deconstructed import PAPER, SourceQKAttention
+
+from attnbench.flops import dense_flops
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Backend, Capabilities
 

@@ -142,7 +142,7 @@ class GAAM(nn.Module):
 
 
 def importance_factor(density: torch.Tensor) -> torch.Tensor:
-    """Importance Factor `IF = (DA − min DA)/(max DA − min DA)` of averaged density weights (e.g. `[L, C]`)."""
+    """Importance Factor `IF = (DA − min DA)/(max DA − min DA)` of averaged density weights, e.g. `[L, C]`."""
     lo, hi = density.min(), density.max()
     return (density - lo) / (hi - lo).clamp_min(torch.finfo(density.dtype).tiny)
 

@@ -9,10 +9,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from attnbench.impls.mha import causal_mask, dense_attention
 from torch import nn
 
 from attnbench.flops import dense_flops
-from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 
@@ -86,7 +86,8 @@ class DepthwiseConv(nn.Module):
         return y.transpose(1, 2)
 
 
-def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False
+                   ) -> torch.Tensor:
     """Reference softmax attention on `[B, H, N, D]` (fp32 accumulation)."""
     mask = causal_mask(q.shape[-2], k.shape[-2], q.device) if causal else None
     return dense_attention(q, k, v, mask)
