@@ -18,7 +18,7 @@ app = typer.Typer(help="Benchmark attention mechanisms: speed, memory, FLOPs, co
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 results_app = typer.Typer(help="Manage results folders.", no_args_is_help=True)
 app.add_typer(results_app, name="results")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
@@ -49,14 +49,14 @@ def list_methods(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
         typer.echo(json.dumps({"methods": out, "suites": SUITES.names()}, indent=2, default=str))
         return
     table = Table(title=f"{len(entries)} methods")
-    for col in ("method", "family", "kind", "backends", "causal", "gqa", "bwd", "dims", "paper"):
-        table.add_column(col)
+    for col in ("method", "family", "kind", "backends", "mask", "gqa", "bwd", "dims", "paper"):
+        table.add_column(col, no_wrap=col in ("method", "family", "kind"), overflow="fold")
     for e in entries:
         c = e.spec.capabilities
         mask = "both" if c.causal and c.noncausal else ("causal" if c.causal else "full")
         table.add_row(e.name, e.spec.family, e.spec.kind, ", ".join(b.value for b in e.backends), mask,
                       "✓" if c.gqa else "", "✓" if c.backward else "", ",".join(map(str, c.dims)),
-                      f"{e.spec.paper.title} ({e.spec.paper.year})")
+                      f"{e.spec.paper.arxiv} ({e.spec.paper.year})")
     console.print(table)
     console.print(f"suites: {', '.join(SUITES.names())}")
 
