@@ -1,0 +1,164 @@
+"""In-context linear regression (He, Pan, Chen, Yang 2025, arXiv 2503.12734; Garg et al. 2022).
+
+`concat` (He et al.): tokens (x_l, y_l) ∈ R^{d+1} then (x_q, 0), β ~ N(0, I/d), y = βᵀx + ε; one
+layer of attention with H heads of width d+1, no MLP/LN, no positions; the query's output is
+read out. Run as a causal sequence so causal-only methods fit. `interleaved` (Garg et al.): x₁,
+(y₁,0…), x₂, … with β ~ N(0, I), predictions at every x slot, errors divided by d.
+Baselines on the same eval prompts: least squares (min-norm), ridge with the Bayes λ = σ²/Var β,
+one-step GD (step fitted on held-out prompts) and zero. Eval prompts are fixed (same for every
+method and seed) and drawn per number of in-context examples k.
+
+Rows (the case's seq_len is the training prompt length in tokens):
+    icl_mse, icl_mse_{ols,ridge,gd1,zero}   MSE at the training k (interleaved: divided by d)
+    icl_mse/ridge, icl_mse/gd1, icl_mse/zero  ratios of the model to the baselines
+    icl_curve_{model,ols,ridge,gd1,zero}    the same per k, with seq_len = k (error-vs-#examples)
+    icl_kq_diag_ratio, icl_ov_y_fraction, icl_ov_y_sum_ratio   learned KQ/OV patterns (optional,
+        1-layer generic layers): mean |diag|/|off-diag| of the x-block of each head's KQ
+        (embedding folded in), share of each head's OV read-out on the y entry, and |Σ_h OV_y|/Σ_h|OV_y|
+    steps, wall_s, truncated, train_loss
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from attnbench import proxydata
+from attnbench.layers import AttentionLayer
+from attnbench.registry import MethodEntry, register_suite
+from attnbench.spec import Workload
+from attnbench.suite import Case, Row
+from attnbench.train import ProxyModel, ProxySuite, TrainConfig, data_rng, seed_all, train
+
+EVAL_SEED = 20_000
+
+_SMOKE: dict[str, Any] = dict(
+    backends=["reference"], seeds=[0], format="concat", dim=5, n_examples=40, noise_var=0.1, n_layers=1,
+    n_heads=4, head_width=None, mlp=False, norm=False, pos="none", lr=3e-3, optimizer="adam",
+    weight_decay=0.0, batch_size=256, steps=8_000, wall_cap_s=60.0, eval_prompts=4_096,
+    eval_ks=[5, 10, 20, 40, 80], analysis=True)
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": _SMOKE,
+    "quick": {**_SMOKE, "steps": 20_000, "wall_cap_s": 180.0},
+    # He-style long run (run H ∈ {1,2,4,8} as separate presets/overrides); Garg-style below via
+    # format = "interleaved", dim = 20, n_examples = 40, noise_var = 0, n_layers = 12, d 256
+    "full": {**_SMOKE, "seeds": [0, 1, 2], "steps": 500_000, "lr": 1e-3, "wall_cap_s": 36_000.0,
+             "eval_ks": [5, 10, 20, 40, 60, 80, 120]},
+}
+
+
+def _beta_var(o: dict[str, Any]) -> float:
+    return 1.0 / o["dim"] if o["format"] == "concat" else 1.0
+
+
+def _tokens(o: dict[str, Any], p: proxydata.RegressionPrompts) -> torch.Tensor:
+    if o["format"] == "concat":
+        return torch.from_numpy(p.concat_tokens())
+    full = proxydata.RegressionPrompts(np.concatenate([p.xs, p.xq[:, None]], 1),
+                                       np.concatenate([p.ys, p.yq[:, None]], 1), p.xq, p.yq, p.beta)
+    return torch.from_numpy(full.interleaved_tokens()[0])
+
+
+def _query_prediction(o: dict[str, Any], model: ProxyModel, p: proxydata.RegressionPrompts,
+                      batch: int = 1024) -> np.ndarray:
+    tok = _tokens(o, p)
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        out = [model(tok[s:s + batch].to(dev))[:, -1 if o["format"] == "concat" else -2, 0]
+               for s in range(0, len(tok), batch)]
+    return torch.cat(out).double().cpu().numpy()
+
+
+def kq_ov_patterns(model: ProxyModel) -> dict[str, float] | None:
+    """He et al.'s analysis of a 1-layer model: KQ and OV per head in token coordinates."""
+    if len(model.blocks) != 1 or not isinstance(model.blocks[0].attn, AttentionLayer):
+        return None
+    layer = model.blocks[0].attn
+    we = model.embed.weight.detach().double()  # [C, d+1]
+    hd, h = layer.head_dim, layer.n_heads
+    if layer.kv_heads != h:
+        return None
+    wq, wkv = layer.q.weight.detach().double(), layer.kv.weight.detach().double()
+    wo, head = layer.out.weight.detach().double(), model.head.weight.detach().double()[:1]
+    diag, y_frac, ov_y = [], [], []
+    for i in range(h):
+        sl = slice(i * hd, (i + 1) * hd)
+        q_tok, k_tok = wq[sl] @ we, wkv[sl] @ we
+        v_tok = wkv[h * hd:][sl] @ we
+        kq = (q_tok.T @ k_tok)[:-1, :-1]  # x-block of the bilinear score
+        off = (kq.abs().sum() - kq.diagonal().abs().sum()) / max(kq.numel() - len(kq), 1)
+        diag.append(float(kq.diagonal().abs().mean() / off.clamp_min(1e-12)))
+        ov = (head @ wo[:, sl] @ v_tok)[0]  # read-out of each token entry through this head
+        y_frac.append(float(ov[-1].abs() / ov.abs().sum().clamp_min(1e-12)))
+        ov_y.append(float(ov[-1]))
+    return {"icl_kq_diag_ratio": float(np.mean(diag)), "icl_ov_y_fraction": float(np.mean(y_frac)),
+            "icl_ov_y_sum_ratio": abs(sum(ov_y)) / max(sum(abs(v) for v in ov_y), 1e-12)}
+
+
+@register_suite
+class ICLRegression(ProxySuite):
+    name = "icl_regression"
+    version = 1
+    causal = True
+    defaults = DEFAULTS
+
+    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
+        keys = ("format", "dim", "n_examples", "noise_var", "n_layers", "mlp", "norm", "pos", "lr", "optimizer",
+                "weight_decay", "batch_size", "steps", "wall_cap_s", "eval_prompts", "eval_ks", "analysis")
+        width = s["head_width"] or s["dim"] + 1  # He et al.: per-head width d+1
+        seq = s["n_examples"] + 1 if s["format"] == "concat" else 2 * s["n_examples"]
+        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=seq, seq_kv=seq,
+                     head_dim=width, causal=True, mode="fwd_bwd", device=device)
+        return [(w, {k: s[k] for k in keys})]
+
+    def run(self, case: Case) -> list[Row]:
+        o = case.option_dict
+        d, k_train, nv, bv = o["dim"], o["n_examples"], o["noise_var"], _beta_var(o)
+        dev = torch.device(case.workload.device)
+        concat = o["format"] == "concat"
+        rng = data_rng(case.seed, 0)
+
+        def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            p = proxydata.regression(rng, o["batch_size"], d, k_train, nv, bv)
+            if concat:
+                return torch.from_numpy(p.concat_tokens()).to(dev), torch.from_numpy(p.yq).float().to(dev)
+            tok, ys = proxydata.RegressionPrompts(p.xs, p.ys, p.xq, p.yq, p.beta).interleaved_tokens()
+            return torch.from_numpy(tok).to(dev), torch.from_numpy(ys).float().to(dev)
+
+        def loss_fn(model: ProxyModel, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            tok, target = batch
+            out = model(tok)[..., 0]
+            pred = out[:, -1] if concat else out[:, 0::2]
+            return torch.nn.functional.mse_loss(pred.float(), target)
+
+        seed_all(case.seed)
+        cfg = self.model_config(case, in_dim=d + 1 if concat else d, out_dim=1, n_layers=o["n_layers"],
+                                mlp=o["mlp"], norm=o["norm"], pos=o["pos"],
+                                max_len=max(case.workload.seq_q, 2 * (max(o["eval_ks"]) + 1)))
+        model = ProxyModel(cfg).to(dev)
+        tc = TrainConfig(steps=o["steps"], lr=o["lr"], optimizer=o["optimizer"], weight_decay=o["weight_decay"],
+                         wall_cap_s=o["wall_cap_s"])
+        res = train(model, batch_fn, loss_fn, tc)
+        scale = 1.0 if concat else 1.0 / d
+        rows: list[Row] = []
+        headline: dict[str, float] = {}
+        for i, k in enumerate(sorted(set(o["eval_ks"]) | {k_train})):
+            p = proxydata.regression(np.random.default_rng([EVAL_SEED, k, d]), o["eval_prompts"], d, k, nv, bv)
+            held = proxydata.regression(np.random.default_rng([EVAL_SEED + 1, k, d]), o["eval_prompts"], d, k, nv, bv)
+            preds = {"model": _query_prediction(o, model, p),
+                     **proxydata.icl_baselines(p, nv, bv, proxydata.fit_gd1_step(held))}
+            for name, pred in preds.items():
+                err = float(np.mean((pred - p.yq) ** 2)) * scale
+                rows.append(Row(f"icl_curve_{name}", err, "mse", "mean", len(p.yq), extra={"seq_len": k}))
+                if k == k_train:
+                    headline[name] = err
+        rows.append(Row("icl_mse", headline["model"], "mse", "mean", o["eval_prompts"]))
+        for name in ("ols", "ridge", "gd1", "zero"):
+            rows.append(Row(f"icl_mse_{name}", headline[name], "mse", "mean", o["eval_prompts"]))
+        for name in ("ridge", "gd1", "zero"):
+            rows.append(Row(f"icl_mse/{name}", headline["model"] / headline[name], "ratio"))
+        if o["analysis"] and (patterns := kq_ov_patterns(model)):
+            rows += [Row(m, v, "ratio") for m, v in patterns.items()]
+        return rows + res.rows()

@@ -1,0 +1,218 @@
+"""Image classification with a small ViT where only the attention changes.
+
+Patch embedding + learned positions → pre-LN blocks (attention + MLP) → LN → mean pool → linear
+head (mean pooling rather than a CLS token, so 2-D methods get exactly the patch grid; the same
+for every method). Methods whose reference takes a `spatial` grid and that declare 2-D support
+get the patch grid; others see the row-major patch sequence.
+
+Data (`dataset`): `fashion-mnist` (Debian's `dataset-fashion-mnist`, read from the IDX gz files:
+a stratified `n_train` subset, the full 10k test set), `digits` (scikit-learn's 8×8 digits, fixed
+stratified 70/30 split), `auto` (Fashion-MNIST when installed, else digits with the `digits_*`
+settings) or `imagefolder` (`data_root` with `train/<class>/` and `val/` or `validation/`, read
+with PIL — `pip install pillow`; random crop + flip, Mixup/CutMix, label smoothing, warm-up +
+cosine; not included: RandAugment, random erasing, drop-path).
+
+Rows: top1 (and top5 with ≥ 100 classes), params (model parameter count), steps, wall_s,
+truncated, train_loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from attnbench import proxydata
+from attnbench.registry import MethodEntry, register_suite
+from attnbench.spec import Workload
+from attnbench.suite import Case, Row
+from attnbench.train import ProxyModel, ProxySuite, TrainConfig, accepts_spatial, data_rng, seed_all, train
+
+_SMOKE: dict[str, Any] = dict(
+    backends=["reference"], seeds=[0], dataset="auto", data_root="", image_size=28, n_train=10_000, patch=4,
+    epochs=8, digits_patch=2, digits_epochs=100, d_model=64, n_layers=2, n_heads=2, lr=3e-3,
+    weight_decay=0.05, batch_size=64, warmup_frac=0.3, label_smoothing=0.1, shift=1, mixup=0.0, cutmix=0.0,
+    num_workers=0, wall_cap_s=60.0)
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": _SMOKE,
+    "quick": {**_SMOKE, "n_train": 20_000, "epochs": 10, "wall_cap_s": 300.0},
+    # DeiT-Tiny shape from scratch on an ImageFolder tree (Imagenette 160 px; ImageNet-100: 224 px, 300 ep)
+    "full": {**_SMOKE, "dataset": "imagefolder", "image_size": 160, "patch": 16, "epochs": 200, "d_model": 192,
+             "n_layers": 12, "n_heads": 3, "lr": 5e-4 * 256 / 512, "batch_size": 256, "warmup_frac": 0.025,
+             "shift": 0, "mixup": 0.8, "cutmix": 1.0, "num_workers": 8, "wall_cap_s": 86_400.0},
+}
+
+
+def resolve_dataset(s: dict[str, Any]) -> dict[str, Any]:
+    """Settings with `dataset = auto` resolved (digits fallback switches to the digits patch/epochs)."""
+    s = dict(s)
+    if s["dataset"] == "auto":
+        present = (proxydata.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
+        s["dataset"] = "fashion-mnist" if present else "digits"
+    if s["dataset"] == "digits":
+        s.update(patch=s["digits_patch"], epochs=s["digits_epochs"], image_size=8)
+    elif s["dataset"] == "fashion-mnist":
+        s["image_size"] = 28
+    elif s["dataset"] == "imagefolder":
+        if not s["data_root"]:
+            raise ValueError("image_cls: dataset = imagefolder needs data_root (train/<class>/, val/<class>/)")
+    else:
+        raise ValueError(f"image_cls: unknown dataset {s['dataset']!r}; valid: auto, fashion-mnist, digits, "
+                         "imagefolder")
+    return s
+
+
+class _MixCut:
+    """Mixup (α) / CutMix (α) on a batch `[B, H, W, C]`, half the batches each when both are on."""
+
+    def __init__(self, mixup: float, cutmix: float, n_classes: int, smoothing: float, gen: torch.Generator):
+        self.mixup, self.cutmix, self.n, self.smoothing, self.gen = mixup, cutmix, n_classes, smoothing, gen
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        soft = nn.functional.one_hot(y, self.n).float() * (1 - self.smoothing) + self.smoothing / self.n
+        if not (self.mixup or self.cutmix):
+            return x, soft
+        use_cut = self.cutmix > 0 and (self.mixup == 0 or torch.rand((), generator=self.gen) < 0.5)
+        alpha = self.cutmix if use_cut else self.mixup
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(x), generator=self.gen).to(x.device)
+        if use_cut:
+            h, w = x.shape[1:3]
+            ch, cw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+            cy, cx = int(torch.randint(0, h, (), generator=self.gen)), int(torch.randint(0, w, (), generator=self.gen))
+            y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
+            x = x.clone()
+            x[:, y0:y1, x0:x1] = x[perm, y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+        else:
+            x = lam * x + (1 - lam) * x[perm]
+        return x, lam * soft + (1 - lam) * soft[perm]
+
+
+class ViT(nn.Module):
+    """Patchify → the shared proxy skeleton on patch vectors → mean over tokens (logits)."""
+
+    def __init__(self, body: ProxyModel, patch: int) -> None:
+        super().__init__()
+        self.body, self.patch = body, patch
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(proxydata.patchify(images, self.patch)).mean(1)
+
+    def aux_loss(self) -> torch.Tensor | None:
+        return self.body.aux_loss()
+
+
+@register_suite
+class ImageCls(ProxySuite):
+    name = "image_cls"
+    version = 1
+    causal = False
+    takes_grid = True
+    defaults = DEFAULTS
+
+    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
+        s = resolve_dataset(s)
+        grid = (s["image_size"] // s["patch"],) * 2
+        caps = entry.spec.capabilities
+        spatial = grid if 2 in caps.dims and accepts_spatial(entry) else None
+        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=grid[0] * grid[1],
+                     seq_kv=grid[0] * grid[1], head_dim=s["d_model"] // s["n_heads"], causal=False, mode="fwd_bwd",
+                     device=device, spatial=spatial)
+        keys = ("dataset", "data_root", "image_size", "n_train", "patch", "epochs", "n_layers", "lr",
+                "weight_decay", "batch_size", "warmup_frac", "label_smoothing", "shift", "mixup", "cutmix",
+                "num_workers", "wall_cap_s")
+        return [(w, {k: s[k] for k in keys})]
+
+    def run(self, case: Case) -> list[Row]:
+        o = case.option_dict
+        dev = torch.device(case.workload.device)
+        gen = torch.Generator().manual_seed(case.seed)
+        if o["dataset"] == "imagefolder":
+            batch_fn, steps_per_epoch, test, classes = self._folder(o, gen)
+        else:
+            batch_fn, steps_per_epoch, test, classes = self._arrays(o, case.seed, gen)
+        seed_all(case.seed)
+        chans = 3 if o["dataset"] == "imagefolder" else 1
+        cfg = self.model_config(case, in_dim=o["patch"] ** 2 * chans, out_dim=len(classes), n_layers=o["n_layers"],
+                                mlp=True, pos="learned", max_len=case.workload.seq_q)
+        model = ViT(ProxyModel(cfg), o["patch"]).to(dev)
+        mix = _MixCut(o["mixup"], o["cutmix"], len(classes), o["label_smoothing"], gen)
+
+        def loss_fn(m: ViT, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            x, soft = mix(batch[0].to(dev), batch[1].to(dev))
+            return torch.sum(-soft * torch.log_softmax(m(x).float(), -1), -1).mean()
+
+        def top_k(m: ViT) -> tuple[float, float]:
+            hits1 = hits5 = n = 0
+            for x, y in test():
+                logits = m(x.to(dev))
+                top = logits.topk(min(5, logits.shape[-1]), -1).indices.cpu()
+                hits1 += int((top[:, 0] == y).sum())
+                hits5 += int((top == y[:, None]).any(-1).sum())
+                n += len(y)
+            return hits1 / n, hits5 / n
+
+        steps = o["epochs"] * steps_per_epoch
+        tc = TrainConfig(steps=steps, lr=o["lr"], weight_decay=o["weight_decay"],
+                         warmup=int(o["warmup_frac"] * steps), schedule_steps=steps, wall_cap_s=o["wall_cap_s"])
+        res = train(model, batch_fn, loss_fn, tc)  # type: ignore[arg-type]
+        with torch.no_grad():
+            top1, top5 = top_k(model)
+        rows = [Row("top1", top1, "fraction"), Row("params", float(sum(p.numel() for p in model.parameters())),
+                                                   "count")]
+        if len(classes) >= 100:
+            rows.append(Row("top5", top5, "fraction"))
+        return rows + res.rows()
+
+    @staticmethod
+    def _arrays(o: dict[str, Any], seed: int, gen: torch.Generator) -> tuple[Any, int, Any, list[str]]:
+        data = proxydata.fashion_mnist() if o["dataset"] == "fashion-mnist" else proxydata.digits()
+        x_tr, y_tr = data.x_train, data.y_train
+        if o["n_train"] and o["n_train"] < len(y_tr):
+            idx = proxydata.stratified_subset(y_tr, o["n_train"], data_rng(seed, 0))
+            x_tr, y_tr = x_tr[idx], y_tr[idx]
+        x_tr, y_tr = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
+        x_te, y_te = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+        bs = o["batch_size"]
+        per_epoch = len(x_tr) // bs
+        perm: dict[int, torch.Tensor] = {}
+
+        def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            epoch, i = divmod(step, per_epoch)
+            if epoch not in perm:
+                perm.clear()
+                perm[epoch] = torch.randperm(len(x_tr), generator=gen)
+            idx = perm[epoch][i * bs:(i + 1) * bs]
+            return proxydata.random_shift(x_tr[idx], o["shift"], gen), y_tr[idx]
+
+        def test() -> Any:
+            return ((x_te[s:s + 1000], y_te[s:s + 1000]) for s in range(0, len(x_te), 1000))
+
+        return batch_fn, per_epoch, test, data.classes
+
+    @staticmethod
+    def _folder(o: dict[str, Any], gen: torch.Generator) -> tuple[Any, int, Any, list[str]]:
+        train_items, val_items, classes = proxydata.image_folder(Path(o["data_root"]))
+        size, bs = o["image_size"], o["batch_size"]
+        loader = torch.utils.data.DataLoader(proxydata.FolderDataset(train_items, size, True), batch_size=bs,
+                                             shuffle=True, drop_last=True, num_workers=o["num_workers"],
+                                             generator=gen, persistent_workers=o["num_workers"] > 0)
+        it = iter(loader)
+
+        def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal it
+            try:
+                return next(it)
+            except StopIteration:
+                it = iter(loader)
+                return next(it)
+
+        def test() -> Any:
+            return iter(torch.utils.data.DataLoader(proxydata.FolderDataset(val_items, size, False), batch_size=bs,
+                                                    num_workers=o["num_workers"]))
+
+        return batch_fn, len(loader), test, classes

@@ -1,0 +1,108 @@
+"""Needle in a haystack: synthetic passkey retrieval trained from scratch (RULER / passkey style).
+
+Sequences: filler tokens, `NEEDLE d₁…d_k` at depth δ, and `QUERY d₁…d_k` at the end (teacher
+forced; only the k digit predictions are scored). Training draws L ~ U[min_len, max_len] per step
+and δ ~ U[0, 1] and stops once the EMA training loss falls below `loss_target`. Evaluation: exact
+match of all k digits on a lengths × depths grid with fixed haystacks per cell (the same for every
+method and seed); lengths above max_len measure extrapolation. Learned absolute positions cannot
+extrapolate, so those cells are left out for `pos = "learned"`. Layer methods train without RoPE
+(see `attnbench.train.effective_pos`); the scheme used is in the case options.
+
+Rows (the case's seq_len is max_len):
+    niah_acc_depth<δ>   exact match in one grid cell, with seq_len = the cell's length (heat map)
+    niah_acc_in_range   mean exact match over cells with L ≤ max_len (headline)
+    niah_acc_extrap     mean exact match over cells with L > max_len (absent for learned positions)
+    niah_digit_acc_in_range   per-digit accuracy over in-range cells (secondary)
+    steps, wall_s, truncated, train_loss
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from attnbench import proxydata
+from attnbench.registry import MethodEntry, register_suite
+from attnbench.spec import Workload
+from attnbench.suite import Case, Row
+from attnbench.train import (ProxyModel, ProxySuite, TrainConfig, data_rng, effective_pos, seed_all,
+                             token_hits, token_loss, train)
+
+EVAL_SEED = 10_000  # eval haystacks are the same for every method and seed
+
+_SMOKE: dict[str, Any] = dict(
+    backends=["reference"], seeds=[0], digits=3, n_filler=64, haystack="noise", min_len=32, max_len=128,
+    d_model=64, n_layers=2, n_heads=2, mlp=True, pos="rope", lr=2e-3, weight_decay=0.0, batch_size=32,
+    warmup=450, schedule_steps=1_500, steps=1_500, loss_target=0.01, wall_cap_s=60.0,
+    eval_lens=[64, 128, 256], eval_depths=[0.0, 0.25, 0.5, 0.75, 1.0], eval_samples=100)
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": _SMOKE,
+    "quick": {**_SMOKE, "eval_lens": [64, 128, 256, 512], "wall_cap_s": 180.0},
+    "full": {**_SMOKE, "seeds": [0, 1, 2], "min_len": 64, "max_len": 1024, "d_model": 256, "n_layers": 4,
+             "n_heads": 4, "lr": 1e-3, "warmup": 1_000, "schedule_steps": 20_000, "steps": 20_000,
+             "loss_target": 0.001, "wall_cap_s": 7_200.0,
+             "eval_lens": [256, 512, 1024, 2048, 4096, 8192],
+             "eval_depths": [i / 10 for i in range(11)], "eval_samples": 200},
+}
+
+
+@register_suite
+class NIAH(ProxySuite):
+    name = "niah"
+    version = 1
+    causal = True
+    defaults = DEFAULTS
+
+    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
+        pos, why = effective_pos(entry.name, s["pos"])
+        keys = ("digits", "n_filler", "haystack", "min_len", "max_len", "n_layers", "mlp", "lr", "weight_decay",
+                "batch_size", "warmup", "schedule_steps", "steps", "loss_target", "wall_cap_s", "eval_lens",
+                "eval_depths", "eval_samples")
+        opts = {**{k: s[k] for k in keys}, "pos": pos, "pos_note": why}
+        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=s["max_len"],
+                     seq_kv=s["max_len"], head_dim=s["d_model"] // s["n_heads"], causal=True, mode="fwd_bwd",
+                     device=device)
+        return [(w, opts)]
+
+    def run(self, case: Case) -> list[Row]:
+        o = case.option_dict
+        dev = torch.device(case.workload.device)
+        rng = data_rng(case.seed, 0)
+        k, nf = o["digits"], o["n_filler"]
+
+        def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            n = int(rng.integers(o["min_len"], o["max_len"] + 1))
+            x, y = proxydata.niah(rng, o["batch_size"], n, None, k, nf, o["haystack"])
+            return torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+
+        seed_all(case.seed)
+        learned = o["pos"] == "learned"
+        cfg = self.model_config(case, vocab=proxydata.niah_vocab(nf), out_dim=proxydata.niah_vocab(nf),
+                                n_layers=o["n_layers"], mlp=o["mlp"], pos=o["pos"], max_len=o["max_len"])
+        model = ProxyModel(cfg).to(dev)
+        tc = TrainConfig(steps=o["steps"], lr=o["lr"], weight_decay=o["weight_decay"], warmup=o["warmup"],
+                         schedule_steps=o["schedule_steps"], loss_target=o["loss_target"],
+                         wall_cap_s=o["wall_cap_s"])
+        res = train(model, batch_fn, token_loss, tc)
+        rows: list[Row] = []
+        inside, outside, digit_hits = [], [], []
+        for i, length in enumerate(o["eval_lens"]):
+            if learned and length > o["max_len"]:
+                continue
+            for j, depth in enumerate(o["eval_depths"]):
+                cell_rng = np.random.default_rng([EVAL_SEED, i, j, length])
+                x, y = proxydata.niah(cell_rng, o["eval_samples"], length, depth, k, nf, o["haystack"])
+                hits, total = token_hits(model, torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev), 50)
+                exact = float((hits == total).mean())
+                rows.append(Row(f"niah_acc_depth{depth:g}", exact, "fraction", n=len(x),
+                                extra={"seq_len": length, "seq_kv": length}))
+                (inside if length <= o["max_len"] else outside).append(exact)
+                if length <= o["max_len"]:
+                    digit_hits.append(float(hits.sum() / total.sum()))
+        rows.append(Row("niah_acc_in_range", float(np.mean(inside)), "fraction", "mean", len(inside)))
+        rows.append(Row("niah_digit_acc_in_range", float(np.mean(digit_hits)), "fraction", "mean", len(inside)))
+        if outside:
+            rows.append(Row("niah_acc_extrap", float(np.mean(outside)), "fraction", "mean", len(outside)))
+        return rows + res.rows()
