@@ -4,7 +4,7 @@ Non-causal MoBA over a `(t, h, w)` token grid. A partition (1-D: chunks of whole
 spatial tiles over all frames, 3-D: space-time cubes) is a token permutation followed by 1-D
 chunking; a query attends to its own block plus blocks chosen by top-k or by a cumulative
 threshold, per query-head (`query_head`), per head over all queries (`head_global`) or over all
-heads (`overall`).
+heads (`overall`). As in MoBA, top-k counts the own block (k = 1 is block-diagonal).
 
 `block` = (ct, ch, cw) chunk sizes: "1d" uses ct (frames per block), "2d" uses (ch, cw) with all
 frames, "3d" all three. Without `spatial`, `adapt` picks a grid (`default_grid`).
@@ -122,7 +122,7 @@ def vmoba_route(q: torch.Tensor, k: torch.Tensor, *, grid: tuple[int, int, int],
     own = (torch.arange(n, device=q.device)[:, None] // bs) == torch.arange(nblk, device=q.device)
     own = own.expand_as(gate)
     if select_mode == "topk":
-        sel = _select_topk(gate, topk, threshold_type) | own
+        sel = _select_topk(gate.masked_fill(own, float("inf")), topk, threshold_type)  # k counts the own block
     elif select_mode == "threshold":
         sel = _select_threshold(gate, own, threshold, threshold_type)
     else:
