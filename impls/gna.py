@@ -78,7 +78,7 @@ SPEC = AttentionSpec(
     paper=Paper("Generalized Neighborhood Attention: Multi-dimensional Sparse Attention at the "
                 "Speed of Light", 2025, "2504.16922"),
     family="sparse-local",
-    defaults={"kernel_size": 16, "stride": 8, "dilation": 1, "is_causal": False, "dims": 1},
+    defaults={"kernel_size": 16, "stride": 16, "dilation": 1, "is_causal": False, "dims": 1},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=True, backward=True, dims=(1, 2, 3)),
     flops=na_flops,
     adapt=adapt,
@@ -92,7 +92,7 @@ SPEC = AttentionSpec(
 
 @register_method(SPEC)
 def gna(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-        kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 8,
+        kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 16,
         dilation: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False, dims: int = 1,
         spatial: Sequence[int] | None = None) -> torch.Tensor:
     """Reference GNA: dense mask from the leader predicate + masked softmax.

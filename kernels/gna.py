@@ -76,7 +76,7 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NA
 
 @register_backend(SPEC, Backend.SDPA, can_run=blocked_can_run)
 def gna_blocked_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                     kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 8,
+                     kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 16,
                      dilation: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False,
                      dims: int = 1, spatial: Sequence[int] | None = None) -> torch.Tensor:
     """Blocked GNA (stride == kernel_size) as window partition + batched SDPA; exact."""
@@ -89,7 +89,7 @@ def gna_blocked_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
 
 @register_backend(SPEC, Backend.NATIVE, staged=True)
 def gna_gather(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-               kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 8,
+               kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 16,
                dilation: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False,
                dims: int = 1, spatial: Sequence[int] | None = None) -> Callable[..., Any]:
     """Staged GEMM-based GNA: index table as setup, then chunked gather-einsum attention."""

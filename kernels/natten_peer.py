@@ -68,7 +68,7 @@ def neighborhood_natten(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
 
 @register_backend(GNA_SPEC, Backend.NATTEN, can_run=natten_can_run)
 def gna_natten(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-               kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 8,
+               kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 16,
                dilation: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False,
                dims: int = 1, spatial: Sequence[int] | None = None) -> torch.Tensor:
     cfg = na_config(q.shape[-2], causal, {"kernel_size": kernel_size, "stride": stride,

@@ -78,6 +78,7 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Til
     """
     b, hq, n, d = q.shape
     hkv = k.shape[1]
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     g, (nt, width), qt = hq // hkv, plan.kv_idx.shape, plan.q_per_tile
     chunk = max(1, CHUNK_BYTES // max(1, b * hq * (qt + width) * max(d, width) * 4))
     # [B, Hkv, tiles, G·Q, D]: the G query heads sharing a kv head stack as extra tile rows
@@ -88,7 +89,7 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Til
         c = kv.shape[0]
         kg = k.index_select(2, kv.flatten()).view(b, hkv, c, width, d)
         vg = v.index_select(2, kv.flatten()).view(b, hkv, c, width, d)
-        s = (qp[:, :, a:a + c] @ kg.transpose(-1, -2)).float() * d**-0.5  # [B, Hkv, c, G·Q, L]
+        s = (qp[:, :, a:a + c] @ kg.transpose(-1, -2)).to(acc) * d**-0.5  # [B, Hkv, c, G·Q, L]
         if plan.mask is not None:
             s = s.view(b, hkv, c, g, qt, width).masked_fill(~plan.mask[a:a + c, None], float("-inf"))
             s = s.view(b, hkv, c, g * qt, width)
