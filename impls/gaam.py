@@ -6,7 +6,9 @@ data statistics and multiplies it by a learned Gaussian density of the standardi
 `y_i = (x − μ − δ_i)/σ`, `g = Σ_i softmax(w)_i exp(−y_i²/(2c_i²))`, `W = g / Σ_axis g`, `out = x ⊙ W`.
 Variants (card A3): `v1_mixture_norm` (above, repo MHGAAM), `product_norm` (product of normalised
 Gaussians, GaussianBlock) and `daam_unnorm` (per-feature `δ, c`, `exp(−y²/(2c))`, no normalisation
-of `W`). The repo's `padding_value` (excluded from statistics) is not implemented.
+of `W`). `product_norm` is normalised in log space (a softmax, equal to `g / Σ g`): the product of
+densities underflows for large `c`. The repo's `padding_value` (excluded from statistics) is not
+implemented.
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ def gaussian_weights(x: torch.Tensor, delta: torch.Tensor, c: torch.Tensor, mix:
     c2 = (c**2).view(-1, *[1] * x.dim())
     if variant == "v1_mixture_norm":
         g = (torch.softmax(mix, 0).view(-1, *[1] * x.dim()) * torch.exp(-(y**2) / (2.0 * c2))).sum(0)
-    else:  # product_norm
-        g = (torch.exp(-(y**2) / (2.0 * c2)) / torch.sqrt(2.0 * math.pi * c2)).prod(0)
+    else:  # product_norm, in log space: Π_i N(y_i; 0, c_i²) underflows for large c or many Gaussians
+        log_g = (-(y**2) / (2.0 * c2) - 0.5 * torch.log(2.0 * math.pi * c2)).sum(0)
+        return torch.softmax(log_g, dim=dim)  # = g / Σ_axis g
     return g / g.sum(dim, keepdim=True).clamp_min(eps)
 
 

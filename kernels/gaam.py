@@ -28,15 +28,11 @@ def gaam_native(x: torch.Tensor, delta: torch.Tensor, c: torch.Tensor, mix: torc
     z = (xh - mu) * inv_sigma  # standardised value; Gaussian i is centred at δ_i/σ
     delta, c2 = delta.to(acc), c.to(acc).square()
     coef = torch.softmax(mix.to(acc), dim=-1) if variant == "v1_mixture_norm" else None
-    g = None
+    g = None  # mixture: Σ_i π_i·exp(·); product: Σ_i log N(·), normalised by a softmax (no underflow)
     for i in range(delta.shape[1]):
-        shift = delta[:, i, None] * inv_sigma  # [B, 1|N, H, d] after broadcast
-        term = torch.exp(-0.5 * (z - shift).square() / c2[:, i, None])
-        if coef is not None:
-            term = coef[:, i, None] * term
-            g = term if g is None else g + term
-        else:
-            term = term / torch.sqrt(2.0 * math.pi * c2[:, i, None])
-            g = term if g is None else g * term
-    wts = g / g.sum(dim, keepdim=True).clamp_min(eps)
+        sq = -0.5 * (z - delta[:, i, None] * inv_sigma).square() / c2[:, i, None]
+        term = coef[:, i, None] * torch.exp(sq) if coef is not None else \
+            sq - 0.5 * torch.log(2.0 * math.pi * c2[:, i, None])
+        g = term if g is None else g + term
+    wts = g / g.sum(dim, keepdim=True).clamp_min(eps) if coef is not None else torch.softmax(g, dim=dim)
     return (xh * wts).view(b, n, ch).to(x.dtype)
