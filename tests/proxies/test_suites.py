@@ -1,0 +1,143 @@
+"""Proxy suites: cases and applicability, tiny-budget runs, and the spec's sanity values for mha.
+
+The sanity tests train to the smoke budgets (minus the wall cap) and are marked slow; on a quiet
+2-core machine each takes 20–40 s, several times that when the cores are shared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from attnbench.presets import Preset
+from attnbench.registry import METHODS, SUITES, MethodEntry
+from attnbench.spec import AttentionSpec, Backend, Capabilities, Paper
+from attnbench.suite import Case, Row
+
+PROXIES = ("mqar", "niah", "icl_regression", "image_cls")
+NO_CAP = 1e9
+
+TINY: dict[str, dict[str, Any]] = {
+    "mqar": dict(n_train=256, n_test=64, steps=8, eval_every=4, vocab=128, seq_len=[32], kv_pairs=[[2, 4]]),
+    "niah": dict(steps=6, min_len=16, max_len=32, eval_lens=[32, 48], eval_depths=[0.0, 1.0], eval_samples=8,
+                 d_model=16, batch_size=4),
+    "icl_regression": dict(steps=6, eval_prompts=64, eval_ks=[3, 10], n_examples=10, batch_size=16),
+    "image_cls": dict(dataset="digits", n_train=128, digits_epochs=1, batch_size=32, d_model=16),
+}
+
+
+def one_case(suite: str, method: str = "mha", params: dict[str, Any] | None = None, **settings: Any) -> Case:
+    section: dict[str, Any] = {"methods": [method], **settings}
+    if params:
+        section["params"] = {method: params}
+    cases = SUITES.get(suite).cases(Preset("smoke", {"suite": {suite: section}}), METHODS)
+    assert len(cases) == 1, cases
+    return cases[0]
+
+
+def metrics(rows: list[Row]) -> dict[str, float]:
+    return {r.metric: r.value for r in rows if not r.extra}
+
+
+def _fake(**caps: Any) -> MethodEntry:
+    spec = AttentionSpec(name="fake", title="fake", paper=Paper("x", 2020), family="dense",
+                         capabilities=Capabilities(**caps))
+    return MethodEntry(spec)
+
+
+@pytest.mark.parametrize("suite", PROXIES)
+def test_cases_for_every_registered_method(suite):
+    s = SUITES.get(suite)
+    cases = s.cases(Preset("smoke", {}), METHODS)
+    assert {c.method for c in cases} == {e.name for e in METHODS if Backend.REFERENCE in e.impls}
+    assert all(c.backend == "reference" and c.workload.mode == "fwd_bwd" and c.preset == "smoke" for c in cases)
+    assert len({c.case_id for c in cases}) == len(cases)
+    assert s.applies_to(METHODS.get("mha"), Backend.REFERENCE) is None
+
+
+def test_applies_to_gives_reasons():
+    mqar, image = SUITES.get("mqar"), SUITES.get("image_cls")
+    assert "no backward" in mqar.applies_to(_fake(backward=False), Backend.REFERENCE)
+    assert "causal" in mqar.applies_to(_fake(causal=False), Backend.REFERENCE)
+    assert "causal only" in image.applies_to(_fake(noncausal=False), Backend.REFERENCE)
+    assert "1-D" in mqar.applies_to(_fake(dims=(2,)), Backend.REFERENCE)
+    assert image.applies_to(_fake(dims=(2,)), Backend.REFERENCE) is None
+
+
+def test_grid_methods_get_the_patch_grid():
+    grid = [e for e in METHODS if 2 in e.spec.capabilities.dims and e.name != "mha"]
+    if not grid:
+        pytest.skip("no 2-D method registered")
+    case = one_case("image_cls", grid[0].name)
+    assert case.workload.spatial == (7, 7) or case.workload.spatial == (4, 4)  # fashion-mnist or digits
+    assert one_case("image_cls").workload.spatial is None  # mha's reference takes no grid
+
+
+def test_backend_selection_is_a_setting():
+    case = one_case("mqar", backends=["sdpa"])
+    assert case.backend == "sdpa"
+
+
+@pytest.mark.parametrize("suite", PROXIES)
+def test_tiny_budget_run_on_mha(suite):
+    rows = SUITES.get(suite).run(one_case(suite, wall_cap_s=NO_CAP, **TINY[suite]))
+    m = metrics(rows)
+    assert m["truncated"] == 0.0 and m["steps"] >= 1 and m["wall_s"] > 0
+    head = {"mqar": "mqar_acc", "niah": "niah_acc_in_range", "icl_regression": "icl_mse", "image_cls": "top1"}[suite]
+    assert m[head] is not None and m[head] >= 0
+    assert all(r.extra.keys() <= {"seq_len", "seq_kv"} for r in rows)  # extras must be schema columns
+    if suite == "mqar":
+        assert {"mqar_acc_k2", "mqar_acc_k4"} <= m.keys()
+    if suite == "niah":
+        cells = [r for r in rows if r.metric.startswith("niah_acc_depth")]
+        assert len(cells) == 4 and {r.extra["seq_len"] for r in cells} == {32, 48}
+        assert "niah_acc_extrap" in m
+    if suite == "icl_regression":
+        curve = {r.extra["seq_len"] for r in rows if r.metric == "icl_curve_gd1"}
+        assert curve == {3, 10}
+        assert {"icl_mse/gd1", "icl_kq_diag_ratio"} <= m.keys()
+
+
+def test_truncation_is_reported():
+    rows = SUITES.get("mqar").run(one_case("mqar", **{**TINY["mqar"], "wall_cap_s": 0.0}))
+    assert metrics(rows)["truncated"] == 1.0
+
+
+def test_mqar_lr_sweep_reports_max():
+    rows = SUITES.get("mqar").run(one_case("mqar", wall_cap_s=NO_CAP, **{**TINY["mqar"], "lrs": [1e-3, 3e-3]}))
+    m = metrics(rows)
+    assert m["mqar_acc"] == max(m["mqar_acc_lr0.001"], m["mqar_acc_lr0.003"])
+
+
+def test_run_is_reproducible():
+    case = one_case("icl_regression", wall_cap_s=NO_CAP, **TINY["icl_regression"])
+    a, b = (metrics(SUITES.get("icl_regression").run(case)) for _ in range(2))
+    assert a["icl_mse"] == b["icl_mse"] and a["train_loss"] == b["train_loss"]
+
+
+# -- sanity values from the spec (smoke budgets, no wall cap) ----------------------------------
+@pytest.mark.slow
+def test_sanity_mqar_mha_and_sliding_window():
+    mqar = SUITES.get("mqar")
+    mha = metrics(mqar.run(one_case("mqar", wall_cap_s=NO_CAP)))
+    assert mha["mqar_acc"] >= 0.99, mha
+    if "sliding_window" not in METHODS:
+        pytest.skip("sliding_window is not registered")
+    win = metrics(mqar.run(one_case("mqar", "sliding_window", {"window": 8}, wall_cap_s=NO_CAP,
+                                    steps=int(mha["steps"]))))
+    assert win["mqar_acc"] < 0.5 and win["mqar_acc"] < mha["mqar_acc"] - 0.4, win
+
+
+@pytest.mark.slow
+def test_sanity_icl_mha_reaches_one_step_gd():
+    m = metrics(SUITES.get("icl_regression").run(one_case("icl_regression", wall_cap_s=NO_CAP, steps=1_500)))
+    assert m["icl_mse"] <= 1.25 * m["icl_mse_gd1"], m
+    assert m["icl_mse"] < 0.3 * m["icl_mse_zero"], m
+
+
+@pytest.mark.slow
+def test_sanity_image_mha_well_above_chance():
+    m = metrics(SUITES.get("image_cls").run(one_case("image_cls", wall_cap_s=NO_CAP, n_train=3_000, epochs=3,
+                                                     digits_epochs=30)))
+    assert m["top1"] >= 0.5, m  # chance is 0.1

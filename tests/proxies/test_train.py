@@ -1,0 +1,115 @@
+"""The shared proxy trainer: determinism, budgets, early stopping, aux losses, positions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attnbench import proxydata
+from attnbench.presets import Preset
+from attnbench.train import (ModelConfig, ProxyModel, TrainConfig, add_rope, apply_rope, effective_pos,
+                             rope_tables, seed_all, settings_for, token_loss, train)
+
+
+def _mqar_run(seed: int, steps: int = 6, **tc) -> tuple[list[float], ProxyModel]:
+    rng = np.random.default_rng([seed, 0])
+    x, y = (torch.from_numpy(a) for a in proxydata.mqar(rng, 64, 64, 32, 4))
+    seed_all(seed)
+    model = ProxyModel(ModelConfig(method="mha", vocab=64, out_dim=64, d_model=16, n_layers=1, max_len=32))
+    losses: list[float] = []
+
+    def loss_fn(m, b):
+        loss = token_loss(m, b)
+        losses.append(float(loss.detach()))
+        return loss
+
+    train(model, lambda s: (x[s % 4 * 16:(s % 4 + 1) * 16], y[s % 4 * 16:(s % 4 + 1) * 16]), loss_fn,
+          TrainConfig(steps=steps, lr=3e-3, warmup=2, **tc))
+    return losses, model
+
+
+def test_same_seed_same_numbers_different_seed_different():
+    a, ma = _mqar_run(0)
+    b, mb = _mqar_run(0)
+    c, _ = _mqar_run(1)
+    assert a == b
+    assert all(torch.equal(p, q) for p, q in zip(ma.parameters(), mb.parameters(), strict=True))
+    assert a != c
+
+
+def test_wall_cap_truncates_and_target_stops_early():
+    x = torch.randint(0, 8, (4, 8))
+    model = ProxyModel(ModelConfig(method="mha", vocab=8, out_dim=8, d_model=8, n_layers=1))
+    res = train(model, lambda s: (x, x), token_loss, TrainConfig(steps=50, lr=1e-3, wall_cap_s=0.0))
+    assert res.truncated and res.steps == 1
+    assert {r.metric: r.value for r in res.rows()}["truncated"] == 1.0
+    res = train(model, lambda s: (x, x), token_loss, TrainConfig(steps=50, lr=1e-3, eval_every=3, target=0.5),
+                eval_fn=lambda m: 1.0)
+    assert res.stopped_early and not res.truncated and res.steps == 3 and res.evals == [(3, 1.0)]
+    res = train(model, lambda s: (x, x), token_loss, TrainConfig(steps=30, lr=1e-3, loss_target=1e9))
+    assert res.stopped_early and res.steps == 20
+
+
+def test_lr_schedule_warmup_then_cosine():
+    tc = TrainConfig(steps=100, lr=1.0, warmup=10, schedule_steps=110)
+    assert tc.lr_at(0) == pytest.approx(0.1) and tc.lr_at(9) == pytest.approx(1.0)
+    assert tc.lr_at(60) == pytest.approx(0.5) and tc.lr_at(110) == pytest.approx(0.0, abs=1e-12)
+    assert TrainConfig(steps=5, lr=2.0).lr_at(3) == 2.0
+
+
+class _AuxAttention(nn.Module):
+    """Identity attention whose aux loss pulls an otherwise unused parameter to zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(()))
+        self.aux_loss = None
+
+    def forward(self, x):
+        self.aux_loss = self.p ** 2
+        return torch.zeros_like(x)
+
+
+def test_aux_losses_are_added():
+    model = ProxyModel(ModelConfig(method="mha", vocab=8, out_dim=8, d_model=8, n_layers=2),
+                       make_attn=lambda i: _AuxAttention())
+    x = torch.randint(0, 8, (4, 8))
+    train(model, lambda s: (x, x), token_loss, TrainConfig(steps=20, lr=0.05, grad_clip=None))
+    assert all(abs(float(b.attn.p)) < 0.5 for b in model.blocks)
+
+
+def test_rope_scores_depend_only_on_offset():
+    q, k = torch.randn(1, 1, 1, 8).expand(1, 12, 1, 8), torch.randn(1, 1, 1, 8).expand(1, 12, 1, 8)
+    cos, sin = rope_tables(12, 8)
+    s = (apply_rope(q, cos, sin) * apply_rope(k, cos, sin).roll(0, 1)).sum(-1)[0, :, 0]
+    assert torch.allclose(s, s[0].expand(12), atol=1e-5)  # same offset 0 at every position
+    qr, kr = apply_rope(q, cos, sin)[0, :, 0], apply_rope(k, cos, sin)[0, :, 0]
+    assert torch.allclose(qr[5] @ kr[2], qr[9] @ kr[6], atol=1e-5)
+
+
+def test_rope_model_is_translation_aware_and_runs():
+    cfg = ModelConfig(method="mha", vocab=16, out_dim=16, d_model=16, n_heads=2, n_layers=1, pos="rope")
+    model = ProxyModel(cfg)
+    assert model.pos is None
+    out = model(torch.randint(0, 16, (2, 10)))
+    assert out.shape == (2, 10, 16)
+    with pytest.raises(ValueError, match="even head dim"):
+        layer = ProxyModel(ModelConfig(method="mha", vocab=4, out_dim=4, d_model=6, n_heads=2)).blocks[0].attn
+        add_rope(layer)
+
+
+def test_effective_pos_and_config_validation():
+    assert effective_pos("mha", "rope") == ("rope", "")
+    with pytest.raises(ValueError, match="positional scheme"):
+        ModelConfig(method="mha", vocab=4, out_dim=4, pos="alibi")
+    with pytest.raises(ValueError, match="exactly one"):
+        ModelConfig(method="mha", out_dim=4)
+
+
+def test_settings_tiers_and_overrides():
+    defaults = {"smoke": {"steps": 10, "lr": 1.0}, "quick": {"steps": 20, "lr": 1.0}, "full": {"steps": 30, "lr": 1.0}}
+    p = Preset("smoke", {"shapes": {"seq_lens": [9]}, "suite": {"x": {"steps": 11}}})
+    assert settings_for(defaults, p.name, p.section("x")) == {"steps": 11, "lr": 1.0}
+    assert settings_for(defaults, "gpu", {})["steps"] == 30
