@@ -1,0 +1,35 @@
+"""RndEmbQK (spec card methods-modeling A4): the attention map is input-independent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnbench.layers import build_layer
+
+C, N = 32, 20
+
+
+def _layer(backend: str = "reference", causal: bool = True):
+    torch.manual_seed(0)
+    return build_layer("decon_rnd_qk", backend, C, 4, causal=causal, params={"max_len": 64}).double()
+
+
+def _x(seed: int) -> torch.Tensor:
+    return torch.randn(2, N, C, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_map_is_input_independent(causal: bool) -> None:
+    layer = _layer(causal=causal)  # fixed map A ⇒ the layer is linear in x
+    x1, x2 = _x(1), _x(2)
+    torch.testing.assert_close(layer(x1 + 2 * x2), layer(x1) + 2 * layer(x2))
+    torch.testing.assert_close(layer(x1[:1]), layer(x1)[:1])  # same map for every batch element
+
+
+def test_bound_source_replaces_the_noise() -> None:
+    layer, x = _layer(), _x(1)
+    before = layer(x)
+    layer.set_qk_source(_x(3)[:1])  # e.g. FixedSeqQK: hidden states of a fixed text
+    assert not torch.allclose(layer(x), before)
+    torch.testing.assert_close(_layer("sdpa")(x), before)
