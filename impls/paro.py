@@ -20,10 +20,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-
-from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.vmoba import as_grid, default_grid
+
+from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 
@@ -74,8 +74,9 @@ def paro_plan(q: torch.Tensor, k: torch.Tensor, *, grid: tuple[int, int, int], b
         cum = mass.sort(dim=-1, descending=True).values.cumsum(-1)
         needed.append((cum < coverage).sum(-1))
     perm = orders[torch.stack(needed, dim=-1).argmin(-1)]  # [H, N]; ties → first (identity)
-    mass = block_mass(probs.gather(1, perm[:, :, None].expand(-1, -1, n)).gather(2, perm[:, None, :].expand(-1, n, -1)),
-                      block)  # [H, nb, nb]
+    rows = probs.gather(1, perm[:, :, None].expand(-1, -1, n))
+    permuted = rows.gather(2, perm[:, None, :].expand(-1, n, -1))
+    mass = block_mass(permuted, block)  # [H, nb, nb]
     nb = mass.shape[-1]
     rowmax = torch.zeros_like(mass, dtype=torch.bool).scatter_(-1, mass.argmax(-1, keepdim=True), True)
     rank = mass.masked_fill(rowmax, float("inf")).flatten(1).argsort(dim=-1, descending=True, stable=True)

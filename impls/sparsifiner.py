@@ -17,10 +17,10 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+from attnbench.impls.mha import dense_attention
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
-from attnbench.impls.mha import dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 
@@ -47,7 +47,8 @@ def _flops(w: Workload, params: Params) -> FlopCount:
     n_dense = 1 if params["cls_token"] else 0
     pairs = n_dense * w.seq_kv + (w.seq_q - n_dense) * budget(w.seq_kv, params["keep_ratio"])
     useful = 4.0 * w.batch * w.heads_q * pairs * w.head_dim
-    return FlopCount(useful=useful, executed=useful, softmax=SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * pairs)
+    softmax = SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * pairs
+    return FlopCount(useful=useful, executed=useful, softmax=softmax)
 
 
 SPEC = AttentionSpec(
@@ -71,7 +72,8 @@ class Sparsifiner(nn.Module):
     """MHSA with a low-rank connectivity predictor; `forward(x [B, N, C]) -> [B, N, C]`."""
 
     def __init__(self, d_model: int, n_heads: int, *, backend: Backend, num_tokens: int, keep_ratio: float,
-                 reduce_n: int, reduce_c: int, coef_topk: int, basis_threshold: float, cls_token: bool) -> None:
+                 reduce_n: int, reduce_c: int, coef_topk: int, basis_threshold: float,
+                 cls_token: bool) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
@@ -133,6 +135,6 @@ def build(d_model: int, n_heads: int, *, backend: Backend = Backend.REFERENCE, c
     if causal:
         raise ValueError("sparsifiner is non-causal")
     n = math.prod(spatial) if spatial else num_tokens
-    return Sparsifiner(d_model, n_heads, backend=backend, num_tokens=n, keep_ratio=keep_ratio, reduce_n=reduce_n,
-                       reduce_c=reduce_c, coef_topk=coef_topk, basis_threshold=basis_threshold,
-                       cls_token=cls_token)
+    return Sparsifiner(d_model, n_heads, backend=backend, num_tokens=n, keep_ratio=keep_ratio,
+                       reduce_n=reduce_n, reduce_c=reduce_c, coef_topk=coef_topk,
+                       basis_threshold=basis_threshold, cls_token=cls_token)

@@ -16,10 +16,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-
-from attnbench.flops import mask_flops
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.moba import block_means
+
+from attnbench.flops import mask_flops
 from attnbench.inputs import make_qkv
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
@@ -50,13 +50,16 @@ def chunk_sizes(grid: tuple[int, int, int], partition: str, block: Sequence[int]
     if partition not in PARTITIONS:
         raise ValueError(f"unknown partition {partition!r}; valid: {', '.join(PARTITIONS)}")
     t, h, w = grid
-    ct, ch, cw = (min(c, g) for c, g in zip(block, grid))
+    ct, ch, cw = (min(c, g) for c, g in zip(block, grid, strict=True))
     return {"1d": (ct, h, w), "2d": (t, ch, cw), "3d": (ct, ch, cw)}[partition]
 
 
 def partition_perm(grid: tuple[int, int, int], chunks: tuple[int, int, int],
                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """Token order `[N]` that makes each (ct, ch, cw) cube contiguous: (nt ct nh ch nw cw) → (nt nh nw ct ch cw)."""
+    """Token order `[N]` making each (ct, ch, cw) cube contiguous.
+
+    (nt ct nh ch nw cw) → (nt nh nw ct ch cw).
+    """
     (t, h, w), (ct, ch, cw) = grid, chunks
     idx = torch.arange(t * h * w, device=device).view(t // ct, ct, h // ch, ch, w // cw, cw)
     return idx.permute(0, 2, 4, 1, 3, 5).reshape(-1)
@@ -65,7 +68,7 @@ def partition_perm(grid: tuple[int, int, int], chunks: tuple[int, int, int],
 def _check(w: Workload, p: Params) -> str | None:
     grid = as_grid(w.seq_q, w.spatial)
     chunks = chunk_sizes(grid, p["partition"], p["block"])
-    if any(g % c for g, c in zip(grid, chunks)):
+    if any(g % c for g, c in zip(grid, chunks, strict=True)):
         return f"grid {grid} is not divisible by the {p['partition']} chunks {chunks}"
     if p["select_mode"] not in SELECT_MODES or p["threshold_type"] not in THRESHOLD_TYPES:
         return f"select_mode in {SELECT_MODES}, threshold_type in {THRESHOLD_TYPES}"
@@ -122,7 +125,7 @@ def vmoba_route(q: torch.Tensor, k: torch.Tensor, *, grid: tuple[int, int, int],
     own = (torch.arange(n, device=q.device)[:, None] // bs) == torch.arange(nblk, device=q.device)
     own = own.expand_as(gate)
     if select_mode == "topk":
-        sel = _select_topk(gate.masked_fill(own, float("inf")), topk, threshold_type)  # k counts the own block
+        sel = _select_topk(gate.masked_fill(own, float("inf")), topk, threshold_type)  # k counts own block
     elif select_mode == "threshold":
         sel = _select_threshold(gate, own, threshold, threshold_type)
     else:

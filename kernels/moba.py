@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from attnbench.impls.moba import SPEC, moba_mask, moba_select
+
 from attnbench.registry import register_backend
 from attnbench.spec import AttentionSpec, Backend, Params, Workload
 

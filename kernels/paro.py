@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-
 from attnbench.impls.paro import SPEC, fake_quant, paro_plan, permute_heads, token_mask
 from attnbench.impls.vmoba import as_grid
 from attnbench.kernels.moba import FlexPlan, block_mask_from_dense, flex_can_run, register_flex
+
 from attnbench.registry import register_backend
 from attnbench.spec import Backend, Params, Workload
 
@@ -64,7 +64,8 @@ def block_gathered_attention(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tenso
     qp, kp, vp: `[B, H, N, D]` permuted; mblk `[H, nb, nb]` bool. Returns fp32 `[B, H, N, D]`.
     """
     acc = torch.float64 if qp.dtype == torch.float64 else torch.float32
-    qp, kp, vp = (fake_quant(t.to(acc), bits, block) for t, bits in ((qp, qk_bits), (kp, qk_bits), (vp, pv_bits)))
+    qp, kp, vp = (fake_quant(t.to(acc), bits, block)
+                  for t, bits in ((qp, qk_bits), (kp, qk_bits), (vp, pv_bits)))
     b, h, n, d = qp.shape
     nb = n // block
     counts = mblk.sum(-1)  # [H, nb]

@@ -7,9 +7,9 @@ is O(N·K·D) and the memory O(rows·K·D); the CLS rows attend densely.
 from __future__ import annotations
 
 import torch
-
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.sparsifiner import SPEC
+
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

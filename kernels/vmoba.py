@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
 from attnbench.impls.vmoba import SPEC, as_grid, vmoba_route
 from attnbench.kernels.moba import FlexPlan, block_mask_from_dense, gathered_block_attention, register_flex
+
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attnbench.impls.mha import dense_attention
-from attnbench.impls.paro import (AXIS_PERMUTATIONS, SPEC, axis_orders, fake_quant, n_kept_blocks, paro,
-                                  paro_error, paro_plan)
+from attnbench.impls.paro import (
+    AXIS_PERMUTATIONS,
+    SPEC,
+    axis_orders,
+    fake_quant,
+    n_kept_blocks,
+    paro,
+    paro_error,
+    paro_plan,
+)
+
 from attnbench.registry import METHODS
 
 B, H, D, GRID, BLOCK = 1, 2, 16, (4, 8, 8), 32
@@ -27,7 +35,8 @@ def _run(backend: str, q, k, v, **kw) -> torch.Tensor:
 @pytest.mark.parametrize("backend", ["reference", "native", "flex"])
 def test_density_one_without_quant_is_exact(backend: str) -> None:
     q, k, v = _qkv()
-    torch.testing.assert_close(_run(backend, q, k, v, density=1.0), dense_attention(q, k, v), atol=2e-6, rtol=1e-5)
+    want = dense_attention(q, k, v)
+    torch.testing.assert_close(_run(backend, q, k, v, density=1.0), want, atol=2e-6, rtol=1e-5)
 
 
 def test_six_orders_are_permutations_with_inverse() -> None:
@@ -56,7 +65,7 @@ def test_calibration_makes_a_strided_pattern_block_local() -> None:
     emb = torch.nn.functional.one_hot(w_coord, D).float() * 8.0
     q = k = emb.expand(B, H, N, D)
     perm, _ = paro_plan(q, k, grid=GRID, block=BLOCK, density=0.25, coverage=0.9)
-    w_first = [o for o, p in zip(axis_orders(GRID), AXIS_PERMUTATIONS) if p[0] == 2]
+    w_first = [o for o, p in zip(axis_orders(GRID), AXIS_PERMUTATIONS, strict=True) if p[0] == 2]
     assert all(any(torch.equal(ph, o) for o in w_first) for ph in perm)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.sparsifiner import SPEC, budget
+
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 
@@ -75,7 +75,8 @@ def test_aux_loss_trains_the_predictor() -> None:
 
 
 def test_flops_and_length_check() -> None:
-    w = SPEC.shape(Workload(batch=1, heads_q=H, heads_kv=H, seq_q=N, seq_kv=N, head_dim=C // H), SPEC.params())
+    w = Workload(batch=1, heads_q=H, heads_kv=H, seq_q=N, seq_kv=N, head_dim=C // H)
+    w = SPEC.shape(w, SPEC.params())
     assert w.spatial == (N,)
     f = SPEC.flops(w, SPEC.params())
     assert f.useful == 4 * H * (C // H) * (N + (N - 1) * budget(N, 0.25))

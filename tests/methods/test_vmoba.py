@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attnbench.impls.mha import dense_attention
-from attnbench.impls.vmoba import (SPEC, THRESHOLD_TYPES, chunk_sizes, default_grid, partition_perm, vmoba,
-                                   vmoba_route)
+from attnbench.impls.vmoba import (
+    SPEC,
+    THRESHOLD_TYPES,
+    chunk_sizes,
+    default_grid,
+    partition_perm,
+    vmoba,
+    vmoba_route,
+)
+
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 
@@ -38,7 +45,7 @@ def test_permutation_round_trip_and_contiguous_cubes(partition: str) -> None:
     assert torch.equal(x[perm][torch.argsort(perm)], x)
     t, h, w = perm // 64, perm // 8 % 8, perm % 8
     bs = chunks[0] * chunks[1] * chunks[2]
-    for coord, c in zip((t, h, w), chunks):  # every block spans exactly one chunk per axis
+    for coord, c in zip((t, h, w), chunks, strict=True):  # every block spans exactly one chunk per axis
         assert (coord.view(-1, bs) // c).unique(dim=1).shape[1] == 1
 
 
