@@ -43,15 +43,25 @@ def gated_attention_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
         shared = F.scaled_dot_product_attention(q[:, :n_shared], k[:, :n_shared], v[:, :n_shared],
                                                 is_causal=causal)
         out[:, :n_shared] = _gate(shared, gates[..., :n_shared])
-    keys = torch.arange(k.shape[-2], device=q.device)
     for bi in range(b):
         for hi in range(n_shared, h):
             idx = gates[bi, :, hi].nonzero().squeeze(1)  # tokens that picked this head (sorted)
             if idx.numel() == 0:
                 continue
-            stop = int(idx[-1]) + 1 if causal else k.shape[-2]  # later keys are masked anyway
-            mask = (keys[None, :stop] <= idx[:, None])[None, None] if causal else None
-            o = F.scaled_dot_product_attention(q[bi, hi, idx][None, None], k[bi, hi, :stop][None, None],
-                                               v[bi, hi, :stop][None, None], attn_mask=mask)[0, 0]
-            out[bi, hi, idx] = o * gates[bi, idx, hi, None]
+            # causal: chunks of gathered queries, each against the keys up to its last position
+            for part in idx.split(_CAUSAL_CHUNK) if causal else (idx,):
+                o = _attend_rows(q[bi, hi], k[bi, hi], v[bi, hi], part, causal)
+                out[bi, hi, part] = o * gates[bi, part, hi, None]
     return out
+
+
+_CAUSAL_CHUNK = 256
+
+
+def _attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, causal: bool
+                 ) -> torch.Tensor:
+    """Attention of the sorted query positions `rows` of one head: `[N, D]` in, `[len(rows), D]` out."""
+    stop = int(rows[-1]) + 1 if causal else k.shape[0]  # keys after the last row are masked anyway
+    mask = (torch.arange(stop, device=q.device)[None] <= rows[:, None])[None, None] if causal else None
+    return F.scaled_dot_product_attention(q[rows][None, None], k[None, None, :stop], v[None, None, :stop],
+                                          attn_mask=mask)[0, 0]
