@@ -125,8 +125,9 @@ def _files(paths: Iterable[Path]) -> list[Path]:
 def load_inputs(paths: Iterable[str | os.PathLike[str]], *, latest_only: bool = True) -> pd.DataFrame:
     """Rows under `paths`: Parquet results files/folders, and pytest-benchmark `*.json` files given by name.
 
-    Like `attnbench.results.load` (same schema check, latest run per case with `latest_only`), but
-    de-duplicates on the full row identity so several rows per (case, metric) survive.
+    Like `attnbench.results.load` (same schema check; with `latest_only`, the latest run of each case
+    on each device), but de-duplicates on the full row identity so several rows per (case, metric)
+    survive, and keeps one device's results when another device ran the same case id.
 
     Raises:
         attnbench.results.SchemaError / BenchJsonError / FileNotFoundError on unusable input.
@@ -143,7 +144,7 @@ def load_inputs(paths: Iterable[str | os.PathLike[str]], *, latest_only: bool = 
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     ident = df[ROW_IDENTITY].astype(object).where(df[ROW_IDENTITY].notna(), None).astype(str)
     df = df[~ident.duplicated(keep="last")]
-    if latest_only and len(df):
-        last = df.groupby("case_id")["created_at"].transform("max")
+    if latest_only and len(df):  # per device: GPUs of two generations share case ids ("cuda")
+        last = df.groupby(["case_id", df["device_name"].fillna("")])["created_at"].transform("max")
         df = df[df["created_at"] == last]
     return df.reset_index(drop=True)

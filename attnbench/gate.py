@@ -200,8 +200,9 @@ def _load(paths: Sequence[str | os.PathLike[str]], side: str) -> pd.DataFrame:
     if df.empty:
         raise GateInputError(f"{side}: no result rows under {', '.join(map(str, paths))}")
     # Replicates: every run of a case made from the same code as that case's latest run.
-    last = df.groupby("case_id")["created_at"].transform("max")
-    latest_sha = df["git_sha"].where(df["created_at"] == last).groupby(df["case_id"]).transform("first")
+    by = [df["case_id"], df["device_name"].fillna("")]
+    last = df.groupby(by)["created_at"].transform("max")
+    latest_sha = df["git_sha"].where(df["created_at"] == last).groupby(by).transform("first")
     df = df[(df["git_sha"].fillna("") == latest_sha.fillna(""))].copy()
     df["key"] = _keys(df)
     return df

@@ -1,0 +1,53 @@
+"""Markdown summary of results (for READMEs and PR comments): the leaderboard of each device."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from attnbench.reports import data as D
+
+from attnbench.benchjson import load_inputs
+
+
+def _md(s: str) -> str:
+    return (s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+            .replace("`", "\\`").replace("*", "\\*").replace("_", "\\_").replace("\n", " "))
+
+
+def table_markdown(t: D.Table) -> str:
+    """A report table as a GitHub Markdown table (status cells keep their status word)."""
+    head = "| " + " | ".join(_md(label) for label, _ in t.columns) + " |"
+    sep = "|" + "|".join("---:" if any(c.cls == "num" for _, cells in t.rows[:1] for c in cells[i:i + 1])
+                         else "---" for i in range(len(t.columns))) + "|"
+    body = ["| " + " | ".join(_md(c.text) for c in cells) + " |" for _, cells in t.rows]
+    return "\n".join([head, sep, *body])
+
+
+def markdown_summary(inputs: Sequence[str | os.PathLike[str]]) -> str:
+    """One leaderboard per device, as Markdown.
+
+    Raises:
+        attnbench.results.SchemaError: a file of an unknown schema major version.
+        FileNotFoundError: an input does not exist.
+    """
+    from attnbench.reports.site import SiteBuilder
+
+    df = load_inputs(inputs)
+    if df.empty:
+        return "## attnbench results\n\nNo result rows.\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        b = SiteBuilder(df, Path(tmp))
+        parts = ["## attnbench results", ""]
+        parts += [f"> {_md(w)}" for w in b.warnings]
+        for run in b.run_summary():
+            board, _, shapes = b.leaderboard(run["device"])
+            parts += [f"### {_md(run['device'])}", "",
+                      f"{run['runs']} run(s), {run['rows']} rows; case statuses: {_md(run['statuses'])}."]
+            if shapes["latency"]:
+                parts.append(f"Latency columns at {_md(D.shape_label(shapes['latency']))}; "
+                             "fast₁ = share of latency cases correct and faster than dense.")
+            parts += ["", table_markdown(board), ""]
+    return "\n".join(parts)

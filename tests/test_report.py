@@ -1,0 +1,288 @@
+"""The static leaderboard: synthetic results from two GPU "devices" (plus a real CPU run when the
+runner is importable) render into a linked, escaped site and a Markdown summary."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from attnbench.reports import build_site, markdown_summary
+from attnbench.reports import data as D
+
+from attnbench import results
+from attnbench.benchjson import load_inputs, rows_from_benchmark_json
+
+XSS = "<script>alert(1)</script>"
+DEVICES = {"NVIDIA H100 80GB HBM3": 1.0, "NVIDIA A100-SXM4-80GB": 2.6}
+# (method, backend, family, speed relative to dense)
+ENTRIES = [("mha", "sdpa", "dense", 1.0), ("mha", "reference", "dense", 3.0),
+           ("toy_linear", "native", "linear", 0.4), (XSS, "flex", "sparse-local", 0.7)]
+SEQ = (256, 1024, 4096)
+
+
+def _row(**kw: Any) -> dict[str, Any]:
+    row = dict.fromkeys(results.COLUMNS)
+    row.update(status="ok", error="", stat="value", unit="", n=1, params="{}", suite_version=1, batch=1, heads=8,
+               kv_heads=8, head_dim=64, dtype="bfloat16", causal=False, mode="fwd", seed=0, preset="synthetic",
+               torch_version="2.13.0", num_threads=1, hostname="box", git_sha="abc123")
+    row.update(kw)
+    row["seq_kv"] = row["seq_len"]
+    row["workload_id"] = row["workload_id"] or f"B1-Hq8-Hkv8-N{row['seq_len']}-D64-bf16-full-fwd"
+    return row
+
+
+def synthetic_rows(device: str, slow: float, run_id: str, created: datetime) -> list[dict[str, Any]]:
+    """One device's rows over every suite, with samples, statuses and accuracy proxies."""
+    base = {"run_id": run_id, "created_at": created, "device_name": device, "device_kind": "cuda",
+            "device_capability": "9.0" if "H100" in device else "8.0"}
+    out: list[dict[str, Any]] = []
+    for method, backend, family, speed in ENTRIES:
+        m = dict(base, method=method, backend=backend, family=family)
+        for n in SEQ:
+            cid = f"lat-{method}-{backend}-{n}"
+            if method == "toy_linear" and n == 4096 and "A100" in device:
+                out.append(_row(**m, suite="latency", case_id=cid, seq_len=n, metric="status", status="oom",
+                                error="CUDA out of memory. Tried to allocate 8.00 GiB"))
+                continue
+            ms = 0.01 * slow * speed * (n / 256) ** (1.2 if family == "linear" else 1.8)
+            samples = [ms * (1 + 0.01 * k) for k in range(-3, 4)]
+            tflops = 4 * 8 * n * n * 64 / (ms * 1e-3) / 1e12
+            peak = 989.0 if "H100" in device else 312.0
+            out += [_row(**m, suite="latency", case_id=cid, seq_len=n, metric="latency_ms", value=ms, unit="ms",
+                         stat="median", n=7, p20=samples[1], p80=samples[5], samples=samples),
+                    _row(**m, suite="latency", case_id=cid, seq_len=n, metric="setup_ms", value=0.3, unit="ms"),
+                    _row(**m, suite="latency", case_id=cid, seq_len=n, metric="tflops", value=tflops,
+                         unit="TFLOP/s", stat="median"),
+                    _row(**m, suite="latency", case_id=cid, seq_len=n, metric="pct_peak", value=100 * tflops / peak,
+                         unit="%", stat="median"),
+                    _row(**m, suite="latency", case_id=cid, seq_len=n, metric="speedup_vs_dense",
+                         value=1.0 / speed, unit="x", stat="median")]
+            out.append(_row(**m, suite="memory", case_id=f"mem-{method}-{backend}-{n}", seq_len=n,
+                            metric="peak_mem_bytes", value=float(n * n * (2 if family == "dense" else 0.1) + 1e6),
+                            unit="bytes", stat="max"))
+            out.append(_row(**m, suite="flops", case_id=f"fl-{method}-{backend}-{n}", seq_len=n,
+                            metric="flops_useful", value=4.0 * 8 * n * n * 64, unit="FLOP"))
+            # a metric this renderer has never heard of
+            out.append(_row(**m, suite="flops", case_id=f"fl-{method}-{backend}-{n}", seq_len=n,
+                            metric="mystery_metric", value=float(n), unit="widgets"))
+        wrong = method == XSS
+        out.append(_row(**m, suite="correctness", case_id=f"cor-{method}-{backend}", seq_len=64,
+                        metric="max_abs_err", value=0.3 if wrong else 1e-6, status="wrong" if wrong else "ok",
+                        error="max abs err 0.3 > tol 0.02" if wrong else ""))
+        if backend == "reference":
+            continue
+        if method == "toy_linear":
+            out.append(_row(**m, suite="image_cls", case_id=f"img-{method}", seq_len=64, metric="status",
+                            status="unsupported", error="toy_linear has no 2-D form"))
+        else:
+            out.append(_row(**m, suite="image_cls", case_id=f"img-{method}", seq_len=64, metric="top1",
+                            value=0.8 * speed))
+        for n in (64, 128):
+            out.append(_row(**m, suite="mqar", case_id=f"mqar-{method}-{n}", seq_len=n, metric="accuracy",
+                            value=min(1.0, 0.5 + 0.4 / speed) if family != "linear" else 0.6))
+        for n in (512, 1024, 2048):
+            for depth in (0.0, 0.5, 1.0):
+                out.append(_row(**m, suite="niah", case_id=f"niah-{method}", seq_len=n, metric="accuracy",
+                                params=json.dumps({"depth": depth}), value=1.0 - depth * n / 8192))
+        for k in (1, 2, 4, 8):
+            out.append(_row(**m, suite="icl_regression", case_id=f"icl-{method}", seq_len=128, metric="mse",
+                            params=json.dumps({"n_examples": k}), value=1.0 / k + 0.05 * speed))
+    return out
+
+
+def write_synthetic(folder: Path) -> list[Path]:
+    """Two devices, each in its own results folder; returns the folders."""
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    dirs = []
+    for i, (dev, slow) in enumerate(DEVICES.items()):
+        d = folder / f"dev{i}"
+        results.write_part(d, synthetic_rows(dev, slow, f"run{i}", t0 + timedelta(hours=i)), run_id=f"run{i}")
+        dirs.append(d)
+    return dirs
+
+
+def real_cpu_run(folder: Path) -> Path | None:
+    """A tiny real CPU latency run through the lead's runner, or None where it is not available."""
+    try:
+        from attnbench.presets import load_preset
+        from attnbench.runner import Runner
+    except ImportError:
+        return None
+    pre = load_preset("smoke", ['suites=["latency"]', 'methods=["mha"]', 'backends=["sdpa", "reference"]',
+                                'device="cpu"', "shapes.seq_lens=[64]", "suite.latency.seq_lens=[64]"])
+    out = folder / "cpu"
+    Runner(pre, out).run()
+    return out
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.scripts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        for key in ("href", "src"):
+            if a.get(key):
+                self.refs.append(str(a[key]))
+        if tag == "script":
+            self.scripts.append(str(a.get("src")))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    tmp = tmp_path_factory.mktemp("report")
+    inputs = write_synthetic(tmp)
+    index = build_site(inputs, tmp / "site")
+    return index, inputs
+
+
+def test_site_pages_links_and_plots(site: tuple[Path, list[Path]]) -> None:
+    index, _ = site
+    root = index.parent
+    pages = sorted(root.glob("*.html"))
+    names = {p.name for p in pages}
+    assert {"index.html", "devices.html", "methods.html", "suite-latency.html", "suite-niah.html"} <= names
+    assert any(n.startswith("method-mha") for n in names)
+    for page in pages:
+        parser = _Links()
+        parser.feed(page.read_text())
+        assert parser.scripts == ["static/site.js"], page.name
+        for ref in parser.refs:
+            if ref.startswith(("http://", "https://", "data:", "#")):
+                continue
+            assert (root / ref.split("#")[0]).is_file(), f"{page.name} links to missing {ref}"
+    svgs = list((root / "plots").glob("*.svg"))
+    assert len(svgs) >= 8
+    for svg in svgs:
+        ET.parse(svg)  # well-formed, so the browser can load it
+    niah = (root / "suite-niah.html").read_text()
+    assert niah.count("needle depth") >= 6  # a heatmap per method/backend and device
+
+
+def test_every_string_is_escaped(site: tuple[Path, list[Path]]) -> None:
+    index, _ = site
+    for page in index.parent.glob("*.html"):
+        text = page.read_text()
+        assert XSS not in text, page.name
+        assert "alert(1)" not in text or "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index.read_text()
+    for svg in (index.parent / "plots").glob("*.svg"):
+        assert "<script" not in svg.read_text()
+
+
+def test_leaderboard_cells(site: tuple[Path, list[Path]]) -> None:
+    index, _ = site
+    html = index.read_text()
+    assert html.count('class="sortable"') >= 4  # leaderboard + aggregates per device
+    for dev in DEVICES:
+        assert dev in html
+    assert re.search(r'class="st st-oom" title="CUDA out of memory', (index.parent / "suite-latency.html").read_text())
+    assert 'class="st st-wrong"' in html  # the XSS method fails correctness
+    assert "fast₁" in html and "win rate" in html and "mqar accuracy" in html
+    assert 'data-family="linear"' in html
+    flops = (index.parent / "suite-flops.html").read_text()
+    assert "mystery metric" in flops  # unknown metrics get a generic column
+    method = next(index.parent.glob("method-mha*.html")).read_text()
+    assert "Attention Is All You Need" in method and "https://arxiv.org/abs/1706.03762" in method
+    foreign = next(index.parent.glob("method-toy_linear*.html")).read_text()
+    assert "Not registered in this installation" in foreign
+    devices = (index.parent / "devices.html").read_text()
+    assert "A100" in devices and "% of peak" in devices
+
+
+def test_markdown_summary(site: tuple[Path, list[Path]]) -> None:
+    _, inputs = site
+    md = markdown_summary(inputs)
+    assert "### NVIDIA H100 80GB HBM3" in md and "### NVIDIA A100-SXM4-80GB" in md
+    assert XSS not in md and "&lt;script&gt;" in md
+    assert "| oom |" in md or "oom" in md
+    table_lines = [ln for ln in md.splitlines() if ln.startswith("| mha")]
+    assert len(table_lines) == 4  # sdpa and reference on each device
+
+
+def test_unknown_schema_major_is_refused(tmp_path: Path) -> None:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    table = results.to_table(synthetic_rows("X", 1.0, "r", t0)[:3])
+    table = table.replace_schema_metadata({b"attnbench.schema_version": b"9.0"})
+    pq.write_table(table, tmp_path / "future.parquet")
+    with pytest.raises(results.SchemaError, match="9.0"):
+        build_site([tmp_path], tmp_path / "site")
+
+
+def test_latest_run_per_case_and_multi_row_metrics(tmp_path: Path) -> None:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    old = synthetic_rows("GPU", 1.0, "old", t0)
+    new = synthetic_rows("GPU", 2.0, "new", t0 + timedelta(days=1))
+    results.write_part(tmp_path, old, run_id="old")
+    results.write_part(tmp_path, new, run_id="new")
+    df = load_inputs([tmp_path])
+    assert set(df["run_id"]) == {"new"}
+    niah = df[(df["suite"] == "niah") & (df["method"] == "mha")]
+    assert len(niah) == 9  # 3 lengths × 3 depths survive de-duplication
+
+
+def test_aggregates() -> None:
+    import pandas as pd
+
+    rows = []
+    for pair, times in (("mha/sdpa", (1.0, 1.0)), ("a/x", (0.5, 2.0)), ("b/y", (0.8, None))):
+        m, b = pair.split("/")
+        for n, t in zip((1, 2), times, strict=True):
+            base = {"pair": pair, "method": m, "backend": b, "case_id": f"{pair}{n}", "batch": 1, "heads": 1,
+                    "head_dim": 1, "dtype": "f", "causal": False, "mode": "fwd", "seq_len": n}
+            if t is None:
+                rows.append({**base, "metric": "status", "status": "oom", "value": None})
+            else:
+                rows += [{**base, "metric": "latency_ms", "status": "ok", "value": t},
+                         {**base, "metric": "speedup_vs_dense", "status": "ok", "value": 1.0 / t}]
+    lat = pd.DataFrame(rows)
+    assert D.fast_p(lat, "a/x", 1.0, set()) == (0.5, 2)
+    assert D.fast_p(lat, "a/x", 1.0, {"a/x"}) == (0.0, 2)
+    assert D.fast_p(lat, "b/y", 1.0, set()) == (0.5, 2)
+    wins = D.win_rates(lat)
+    # shape 1: a < b < mha; shape 2: mha < a, b failed (loses to both)
+    assert wins["a/x"] == pytest.approx(3 / 4)
+    assert wins["mha/sdpa"] == pytest.approx(2 / 4)
+    assert wins["b/y"] == pytest.approx(1 / 4)
+
+
+def test_benchmark_json_bridge(tmp_path: Path) -> None:
+    doc = {"machine_info": {"node": "ci", "cpu": {"brand_raw": "Some CPU"}}, "commit_info": {"id": "deadbeef"},
+           "datetime": "2025-01-02T03:04:05.000000", "version": "5.1.0",
+           "benchmarks": [{"group": "mha", "name": "test_mha[256]", "fullname": "tests/bench/x.py::test_mha[256]",
+                           "params": {"n": 256}, "extra_info": {"backend": "sdpa", "seq_len": 256},
+                           "stats": {"min": 0.001, "max": 0.003, "mean": 0.002, "median": 0.002, "q1": 0.0015,
+                                     "q3": 0.0025, "rounds": 5, "data": [0.001, 0.0015, 0.002, 0.0025, 0.003]}}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(doc))
+    rows = rows_from_benchmark_json(path)
+    assert len(rows) == 1 and set(rows[0]) == set(results.COLUMNS)
+    r = rows[0]
+    assert (r["method"], r["backend"], r["seq_len"], r["metric"]) == ("mha", "sdpa", 256, "latency_ms")
+    assert r["value"] == pytest.approx(2.0) and len(r["samples"]) == 5 and r["p20"] < r["p80"]
+    assert json.loads(r["params"]) == {"n": 256}
+    pa.Table.from_pylist(rows, schema=results.SCHEMA)  # typed
+    index = build_site([path], tmp_path / "site")
+    assert "Some CPU" in index.read_text()
+
+
+def test_real_cpu_run_renders_next_to_synthetic(tmp_path: Path) -> None:
+    cpu = real_cpu_run(tmp_path)
+    if cpu is None:
+        pytest.skip("attnbench.runner is not available yet")
+    index = build_site([*write_synthetic(tmp_path), cpu], tmp_path / "site")
+    html = index.read_text()
+    df = load_inputs([cpu])
+    cpu_name = df["device_name"].iloc[0]
+    assert cpu_name in html
+    assert len(D.prepare(load_inputs([cpu]), {})["device"].unique()) == 1
