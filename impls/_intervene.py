@@ -1,0 +1,211 @@
+"""Shared plumbing of the inference-time interventions (vhr, var, imbalance_fix, softpag, gift, brush,
+consistedit): the wrapped base attention, modality spans, materialised probabilities for the
+reference paths, and FlexAttention calls with log-sum-exp for the fused ones.
+
+Every intervention takes `base` (a registered functional method, default "mha") and `base_params`
+(overrides of the base's defaults). The reference path rebuilds the base's logits densely from the
+base spec (`QKᵀ/√D`, then its flex `score_mod` and `mask_mod` evaluated on broadcast index
+tensors), so any base whose flex mods are written with broadcasting torch ops composes. Spans are
+`[start, stop)` token indices (Python slice semantics, negatives allowed) or None for the
+synthetic default (image tokens = the first N/4 tokens).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from attnbench.registry import METHODS, MethodEntry
+from attnbench.spec import DTYPES, Backend, Params, Workload
+
+COMMON_DEFAULTS: dict[str, Any] = {"base": "mha", "base_params": {}}
+_FUSED_ORDER = (Backend.SDPA, Backend.NATIVE, Backend.FLEX, Backend.REFERENCE)
+
+
+def span_mask(span: list[int] | tuple[int, int] | None, n: int, default: tuple[float, float],
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bool `[n]`, True on the span `[start, stop)`; None → `default` as fractions of n."""
+    if span is None:
+        start, stop = int(default[0] * n), int(default[1] * n)
+    else:
+        start, stop, _ = slice(int(span[0]), int(span[1])).indices(n)
+    out = torch.zeros(n, dtype=torch.bool, device=device)
+    out[start:stop] = True
+    return out
+
+
+def img_mask(span: list[int] | None, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Image-token mask `[n]` from `img_span` (default: the first N/4 tokens)."""
+    return span_mask(span, n, (0.0, 0.25), device)
+
+
+def index_mask(idx: list[int], n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bool `[n]`, True at the token indices `idx` (negatives count from the end)."""
+    out = torch.zeros(n, dtype=torch.bool, device=device)
+    out[[i % n for i in idx]] = True
+    return out
+
+
+def minmax(x: torch.Tensor, dim: int = -1, flat: float = 0.0) -> torch.Tensor:
+    """Min-max normalise along `dim` to [0, 1]; constant slices give `flat`."""
+    lo, hi = x.amin(dim, keepdim=True), x.amax(dim, keepdim=True)
+    rng = hi - lo
+    return torch.where(rng > 0, (x - lo) / rng.clamp_min(torch.finfo(x.dtype).tiny), torch.full_like(x, flat))
+
+
+def base_entry(params: Params) -> MethodEntry:
+    return METHODS.get(params["base"])
+
+
+def base_params(params: Params) -> dict[str, Any]:
+    return base_entry(params).spec.params(params.get("base_params") or {})
+
+
+def check_base(w: Workload, params: Params) -> str | None:
+    """Why the wrapped base cannot run `w` (or cannot be wrapped), or None."""
+    entry = base_entry(params)
+    spec = entry.spec
+    if spec.family == "intervention" and spec.name.startswith(("vhr", "var", "softpag", "gift", "brush")):
+        return f"base {spec.name!r} is itself an intervention"
+    if spec.kind != "functional":
+        return f"base {spec.name!r} is a layer method; interventions wrap functional q,k,v attention"
+    if spec.name != "mha" and spec.mask_mod is None and spec.score_mod is None:
+        return f"base {spec.name!r} has no flex mask_mod/score_mod, so its probabilities cannot be rebuilt"
+    if w.seq_q != w.seq_kv:
+        return "interventions index queries and keys with the same spans; needs seq_q == seq_kv"
+    return spec.why_not(w, base_params(params))
+
+
+def workload_of(q: torch.Tensor, k: torch.Tensor, causal: bool, q_offset: int = 0) -> Workload:
+    dtype = next(name for name, dt in DTYPES.items() if dt == q.dtype)
+    return Workload(batch=q.shape[0], heads_q=q.shape[1], heads_kv=k.shape[1], seq_q=q.shape[2] + q_offset,
+                    seq_kv=k.shape[2], head_dim=q.shape[3], dtype=dtype, causal=causal, device=q.device.type)
+
+
+def base_mods(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params, q_offset: int = 0
+              ) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
+    """The base's flex `(mask_mod, score_mod)` for these tensors (None = absent).
+
+    `q_offset`: q holds the rows `q_offset…` of a sequence of `q_offset + Nq` queries."""
+    spec, bp = base_entry(params).spec, base_params(params)
+    w = workload_of(q, k, causal, q_offset)
+    return (spec.mask_mod(w, bp) if spec.mask_mod else None,
+            spec.score_mod(w, bp) if spec.score_mod else None)
+
+
+def logits(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params,
+           keep: torch.Tensor | None = None, q_offset: int = 0) -> torch.Tensor:
+    """The base's logits `[B, H, Nq, Nk]` in fp32/fp64, `-inf` where masked (or outside `keep [Nk]`).
+
+    `q_offset`: q holds the rows `q_offset…` of the full query sequence (see `base_mods`)."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    s = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * q.shape[-1] ** -0.5
+    mask_mod, score_mod = base_mods(q, k, causal, params, q_offset)
+    b, h, nq, nk = s.shape
+    dev = q.device
+    idx = (torch.arange(b, device=dev)[:, None, None, None], torch.arange(h, device=dev)[None, :, None, None],
+           torch.arange(q_offset, q_offset + nq, device=dev)[None, None, :, None], torch.arange(nk, device=dev)[None, None, None, :])
+    if score_mod is not None:
+        s = score_mod(s, *idx).to(acc)
+    allowed = torch.ones(s.shape, dtype=torch.bool, device=dev)
+    if mask_mod is not None:
+        allowed = allowed & mask_mod(*idx)
+    if keep is not None:
+        allowed = allowed & keep.to(dev)
+    return s.masked_fill(~allowed, float("-inf"))
+
+
+def softmax0(s: torch.Tensor) -> torch.Tensor:
+    """Row softmax where fully masked rows give zeros instead of NaN."""
+    return torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)
+
+
+def probs(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params,
+          keep: torch.Tensor | None = None, q_offset: int = 0) -> torch.Tensor:
+    """The base's probabilities `[B, H, Nq, Nk]` (materialised; fused paths use it for a few rows only)."""
+    return softmax0(logits(q, k, causal, params, keep, q_offset))
+
+
+def base_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, params: Params,
+             fused: bool) -> torch.Tensor:
+    """The base's output `[B, H, N, D]`: its reference, or its fastest fused backend (sdpa > native > flex)."""
+    entry, bp = base_entry(params), base_params(params)
+    backend = next(b for b in _FUSED_ORDER if b in entry.impls) if fused else Backend.REFERENCE
+    return entry.impl(backend).prepare(q, k, v, causal=causal, params=bp)(q, k, v)
+
+
+def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, params: Params, *,
+         keep: torch.Tensor | None = None, score_edit: Callable[..., Any] | None = None
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlexAttention of the base restricted to keys in `keep [Nk]`, with an extra additive score edit.
+
+    Returns `(O [B, H, N, D], lse [B, H, N])` (natural log; rows with no allowed key: O = 0, lse = -inf).
+    `score_edit(score, b, h, q_idx, kv_idx)` runs after the base's own score_mod.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    mask_mod, score_mod = base_mods(q, k, causal, params)
+    if keep is not None:
+        keep = keep.to(q.device)
+        inner = mask_mod
+
+        def mask_mod(b, h, q_idx, kv_idx):  # noqa: F811 - restriction of the base mask
+            m = keep[kv_idx]
+            return m & inner(b, h, q_idx, kv_idx) if inner is not None else m
+
+    mod = score_mod
+    if score_edit is not None:
+        def mod(score, b, h, q_idx, kv_idx):
+            base = score_mod(score, b, h, q_idx, kv_idx) if score_mod is not None else score
+            return score_edit(base, b, h, q_idx, kv_idx)
+
+    nq, nk = q.shape[-2], k.shape[-2]
+    block_mask = create_block_mask(mask_mod, None, None, nq, nk, device=q.device) if mask_mod else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+        o, lse = flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, return_lse=True)
+    return o, lse
+
+
+def mass(lse_part: torch.Tensor, lse_all: torch.Tensor) -> torch.Tensor:
+    """Probability mass of a key subset per row: `exp(lse_S − lse_all)` (0 where the subset is empty)."""
+    return torch.exp(lse_part.float() - lse_all.float()).nan_to_num(nan=0.0)
+
+
+def rows_probs(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params, rows: slice
+               ) -> torch.Tensor:
+    """The base's probabilities of the query rows `rows` only, `[B, H, len(rows), Nk]`."""
+    start, stop, _ = rows.indices(q.shape[-2])
+    return probs(q[:, :, start:stop], k, causal, params, q_offset=start)
+
+
+def flex_can_run(w: Workload, params: Params) -> str | None:
+    if w.mode != "fwd" and w.device == "cpu":
+        return "FlexAttention has no backward on CPU"
+    if w.dtype == "float64" and w.device != "cpu":
+        return "FlexAttention on GPU does not take float64"
+    return None
+
+
+def head_mask(heads: list[int] | None, h: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bool `[H]`: the selected heads (None = every head)."""
+    out = torch.zeros(h, dtype=torch.bool, device=device)
+    out[list(range(h)) if heads is None else [i % h for i in heads]] = True
+    return out
+
+
+def base_flops(calls: float = 1.0) -> Callable[[Workload, Params], Any]:
+    """FLOPs of `calls` base attention passes (the base spec's formula, dense if it has none)."""
+    from attnbench.flops import dense_flops
+    from attnbench.spec import FlopCount
+
+    def flops(w: Workload, params: Params) -> FlopCount:
+        spec = base_entry(params).spec
+        f = spec.flops(w, base_params(params)) if spec.flops else dense_flops(w)
+        ex = f.executed if f.executed is not None else f.useful
+        return FlopCount(useful=calls * f.useful, executed=calls * ex, softmax=calls * f.softmax)
+
+    return flops

@@ -1,0 +1,29 @@
+"""VAR fused: four FlexAttention calls with LSE (all keys, sinks, non-sink image, image); identity 3
+(`Σ_{j∈S} P_ij v_j = exp(lse_S − lse_all)·O_S`) gives `O' = O + sel·(1−keep)·m_S·(O_T − O_S)` exactly,
+without materialising P."""
+
+from __future__ import annotations
+
+import torch
+
+from attnbench.impls import _intervene as iv
+from attnbench.impls.var import SPEC, selected_rows, sets
+from attnbench.registry import register_backend
+from attnbench.spec import Backend
+
+
+@register_backend(SPEC, Backend.FLEX, can_run=iv.flex_can_run)
+def var_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
+             base_params: dict | None = None, keep_frac: float = 0.6, sinks: list[int] = (0,), summ: float = 0.2,
+             rho: float = 0.5, img_span: list[int] | None = None) -> torch.Tensor:
+    """Masses from restricted-flex LSEs; partial outputs recombined (identity 3)."""
+    params = {"base": base, "base_params": base_params}
+    img, sink, nsimg = sets(k.shape[-2], img_span, list(sinks), q.device)
+    o, lse = iv.flex(q, k, v, causal, params)
+    o_s, lse_s = iv.flex(q, k, v, causal, params, keep=sink)
+    o_t, lse_t = iv.flex(q, k, v, causal, params, keep=nsimg)
+    _, lse_i = iv.flex(q, k, v, causal, params, keep=img)
+    m_s, m_t, m_vis = iv.mass(lse_s, lse), iv.mass(lse_t, lse), iv.mass(lse_i, lse)
+    sel = selected_rows(m_vis, m_t, summ, rho)
+    w = torch.where(sel, (1 - keep_frac) * m_s, 0.0)[..., None].to(o.dtype)
+    return o + w * (o_t - o_s)

@@ -1,0 +1,21 @@
+"""VHR fused: the base's fused backend (SDPA for mha) for the image branch; the image-free branch is
+needed at the last query row only (one row, O(N·D) per head); head scaling is free."""
+
+from __future__ import annotations
+
+import torch
+
+from attnbench.impls import _intervene as iv
+from attnbench.impls.vhr import SPEC, last_noimg, reinforce
+from attnbench.registry import register_backend
+from attnbench.spec import Backend
+
+
+@register_backend(SPEC, Backend.SDPA)
+def vhr_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
+             base_params: dict | None = None, alpha: float = 2.0, outlier_z: float = 1.0,
+             img_span: list[int] | None = None) -> torch.Tensor:
+    params = {"base": base, "base_params": base_params}
+    o = iv.base_out(q, k, v, causal, params, fused=True)
+    img = iv.img_mask(img_span, k.shape[-2], q.device)
+    return reinforce(o, last_noimg(q, k, v, causal, params, img).to(o.dtype), alpha, outlier_z)
