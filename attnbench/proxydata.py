@@ -157,7 +157,8 @@ def fit_gd1_step(p: RegressionPrompts) -> float:
     return float((s * p.yq).sum() / max((s * s).sum(), 1e-12))
 
 
-def icl_baselines(p: RegressionPrompts, noise_var: float, beta_var: float, eta: float) -> dict[str, np.ndarray]:
+def icl_baselines(p: RegressionPrompts, noise_var: float, beta_var: float,
+                  eta: float) -> dict[str, np.ndarray]:
     """Predictions of the baselines on the prompts the model sees: ols, ridge (Bayes), gd1, zero."""
     lam = noise_var / beta_var
     return {"ols": ridge_predict(p, 0.0), "ridge": ridge_predict(p, lam),
@@ -276,11 +277,13 @@ class FolderDataset(torch.utils.data.Dataset):
         path, label = self.items[i]
         img = Image.open(path).convert("RGB")
         scale = round(self.size * 1.14) / min(img.size)  # shorter side to 1.14× size, then crop
-        img = img.resize((max(self.size, round(img.width * scale)), max(self.size, round(img.height * scale))))
+        img = img.resize((max(self.size, round(img.width * scale)),
+                          max(self.size, round(img.height * scale))))
         a = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)  # [H, W, 3]
         h, w = a.shape[:2]
         if self.train:
-            top, left = (int(torch.randint(0, h - self.size + 1, ())), int(torch.randint(0, w - self.size + 1, ())))
+            top = int(torch.randint(0, h - self.size + 1, ()))
+            left = int(torch.randint(0, w - self.size + 1, ()))
         else:
             top, left = (h - self.size) // 2, (w - self.size) // 2
         a = a[top:top + self.size, left:left + self.size]

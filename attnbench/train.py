@@ -348,7 +348,8 @@ class ProxySuite:
 
     takes_grid = False
 
-    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
+    def tasks(self, s: dict[str, Any], entry: MethodEntry,
+              device: str) -> list[tuple[Workload, dict[str, Any]]]:
         raise NotImplementedError
 
     def cases(self, preset: Preset, methods: Registry[MethodEntry]) -> list[Case]:

@@ -104,13 +104,15 @@ class ICLRegression(ProxySuite):
     causal = True
     defaults = DEFAULTS
 
-    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
-        keys = ("format", "dim", "n_examples", "noise_var", "n_layers", "mlp", "norm", "pos", "lr", "optimizer",
-                "weight_decay", "batch_size", "steps", "wall_cap_s", "eval_prompts", "eval_ks", "analysis")
+    def tasks(self, s: dict[str, Any], entry: MethodEntry,
+              device: str) -> list[tuple[Workload, dict[str, Any]]]:
+        keys = ("format", "dim", "n_examples", "noise_var", "n_layers", "mlp", "norm", "pos", "lr",
+                "optimizer", "weight_decay", "batch_size", "steps", "wall_cap_s", "eval_prompts", "eval_ks",
+                "analysis")
         width = s["head_width"] or s["dim"] + 1  # He et al.: per-head width d+1
         seq = s["n_examples"] + 1 if s["format"] == "concat" else 2 * s["n_examples"]
-        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=seq, seq_kv=seq,
-                     head_dim=width, causal=True, mode="fwd_bwd", device=device)
+        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=seq,
+                     seq_kv=seq, head_dim=width, causal=True, mode="fwd_bwd", device=device)
         return [(w, {k: s[k] for k in keys})]
 
     def run(self, case: Case) -> list[Row]:
@@ -138,15 +140,16 @@ class ICLRegression(ProxySuite):
                                 mlp=o["mlp"], norm=o["norm"], pos=o["pos"],
                                 max_len=max(case.workload.seq_q, 2 * (max(o["eval_ks"]) + 1)))
         model = ProxyModel(cfg).to(dev)
-        tc = TrainConfig(steps=o["steps"], lr=o["lr"], optimizer=o["optimizer"], weight_decay=o["weight_decay"],
-                         wall_cap_s=o["wall_cap_s"])
+        tc = TrainConfig(steps=o["steps"], lr=o["lr"], optimizer=o["optimizer"],
+                         weight_decay=o["weight_decay"], wall_cap_s=o["wall_cap_s"])
         res = train(model, batch_fn, loss_fn, tc)
         scale = 1.0 if concat else 1.0 / d
         rows: list[Row] = []
         headline: dict[str, float] = {}
-        for i, k in enumerate(sorted(set(o["eval_ks"]) | {k_train})):
-            p = proxydata.regression(np.random.default_rng([EVAL_SEED, k, d]), o["eval_prompts"], d, k, nv, bv)
-            held = proxydata.regression(np.random.default_rng([EVAL_SEED + 1, k, d]), o["eval_prompts"], d, k, nv, bv)
+        n_eval = o["eval_prompts"]
+        for k in sorted(set(o["eval_ks"]) | {k_train}):
+            p = proxydata.regression(np.random.default_rng([EVAL_SEED, k, d]), n_eval, d, k, nv, bv)
+            held = proxydata.regression(np.random.default_rng([EVAL_SEED + 1, k, d]), n_eval, d, k, nv, bv)
             preds = {"model": _query_prediction(o, model, p),
                      **proxydata.icl_baselines(p, nv, bv, proxydata.fit_gd1_step(held))}
             for name, pred in preds.items():

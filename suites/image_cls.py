@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -40,9 +39,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": _SMOKE,
     "quick": {**_SMOKE, "n_train": 20_000, "epochs": 10, "wall_cap_s": 300.0},
     # DeiT-Tiny shape from scratch on an ImageFolder tree (Imagenette 160 px; ImageNet-100: 224 px, 300 ep)
-    "full": {**_SMOKE, "dataset": "imagefolder", "image_size": 160, "patch": 16, "epochs": 200, "d_model": 192,
-             "n_layers": 12, "n_heads": 3, "lr": 5e-4 * 256 / 512, "batch_size": 256, "warmup_frac": 0.025,
-             "shift": 0, "mixup": 0.8, "cutmix": 1.0, "num_workers": 8, "wall_cap_s": 86_400.0},
+    "full": {**_SMOKE, "dataset": "imagefolder", "image_size": 160, "patch": 16, "epochs": 200,
+             "d_model": 192, "n_layers": 12, "n_heads": 3, "lr": 5e-4 * 256 / 512, "batch_size": 256,
+             "warmup_frac": 0.025, "shift": 0, "mixup": 0.8, "cutmix": 1.0, "num_workers": 8,
+             "wall_cap_s": 86_400.0},
 }
 
 
@@ -58,7 +58,8 @@ def resolve_dataset(s: dict[str, Any]) -> dict[str, Any]:
         s["image_size"] = 28
     elif s["dataset"] == "imagefolder":
         if not s["data_root"]:
-            raise ValueError("image_cls: dataset = imagefolder needs data_root (train/<class>/, val/<class>/)")
+            raise ValueError("image_cls: dataset = imagefolder needs data_root "
+                             "(train/<class>/, val/<class>/)")
     else:
         raise ValueError(f"image_cls: unknown dataset {s['dataset']!r}; valid: auto, fashion-mnist, digits, "
                          "imagefolder")
@@ -82,8 +83,10 @@ class _MixCut:
         if use_cut:
             h, w = x.shape[1:3]
             ch, cw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
-            cy, cx = int(torch.randint(0, h, (), generator=self.gen)), int(torch.randint(0, w, (), generator=self.gen))
-            y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
+            cy = int(torch.randint(0, h, (), generator=self.gen))
+            cx = int(torch.randint(0, w, (), generator=self.gen))
+            y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+            x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
             x = x.clone()
             x[:, y0:y1, x0:x1] = x[perm, y0:y1, x0:x1]
             lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
@@ -114,14 +117,16 @@ class ImageCls(ProxySuite):
     takes_grid = True
     defaults = DEFAULTS
 
-    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
+    def tasks(self, s: dict[str, Any], entry: MethodEntry,
+              device: str) -> list[tuple[Workload, dict[str, Any]]]:
         s = resolve_dataset(s)
         grid = (s["image_size"] // s["patch"],) * 2
         caps = entry.spec.capabilities
         spatial = grid if 2 in caps.dims and accepts_spatial(entry) else None
-        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=grid[0] * grid[1],
-                     seq_kv=grid[0] * grid[1], head_dim=s["d_model"] // s["n_heads"], causal=False, mode="fwd_bwd",
-                     device=device, spatial=spatial)
+        n = grid[0] * grid[1]
+        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=n, seq_kv=n,
+                     head_dim=s["d_model"] // s["n_heads"], causal=False, mode="fwd_bwd", device=device,
+                     spatial=spatial)
         keys = ("dataset", "data_root", "image_size", "n_train", "patch", "epochs", "n_layers", "lr",
                 "weight_decay", "batch_size", "warmup_frac", "label_smoothing", "shift", "mixup", "cutmix",
                 "num_workers", "wall_cap_s")
@@ -137,8 +142,8 @@ class ImageCls(ProxySuite):
             batch_fn, steps_per_epoch, test, classes = self._arrays(o, case.seed, gen)
         seed_all(case.seed)
         chans = 3 if o["dataset"] == "imagefolder" else 1
-        cfg = self.model_config(case, in_dim=o["patch"] ** 2 * chans, out_dim=len(classes), n_layers=o["n_layers"],
-                                mlp=True, pos="learned", max_len=case.workload.seq_q)
+        cfg = self.model_config(case, in_dim=o["patch"] ** 2 * chans, out_dim=len(classes),
+                                n_layers=o["n_layers"], mlp=True, pos="learned", max_len=case.workload.seq_q)
         model = ViT(ProxyModel(cfg), o["patch"]).to(dev)
         mix = _MixCut(o["mixup"], o["cutmix"], len(classes), o["label_smoothing"], gen)
 
@@ -158,12 +163,13 @@ class ImageCls(ProxySuite):
 
         steps = o["epochs"] * steps_per_epoch
         tc = TrainConfig(steps=steps, lr=o["lr"], weight_decay=o["weight_decay"],
-                         warmup=int(o["warmup_frac"] * steps), schedule_steps=steps, wall_cap_s=o["wall_cap_s"])
+                         warmup=int(o["warmup_frac"] * steps), schedule_steps=steps,
+                         wall_cap_s=o["wall_cap_s"])
         res = train(model, batch_fn, loss_fn, tc)  # type: ignore[arg-type]
         with torch.no_grad():
             top1, top5 = top_k(model)
-        rows = [Row("top1", top1, "fraction"), Row("params", float(sum(p.numel() for p in model.parameters())),
-                                                   "count")]
+        n_params = float(sum(p.numel() for p in model.parameters()))
+        rows = [Row("top1", top1, "fraction"), Row("params", n_params, "count")]
         if len(classes) >= 100:
             rows.append(Row("top5", top5, "fraction"))
         return rows + res.rows()
@@ -212,7 +218,7 @@ class ImageCls(ProxySuite):
                 return next(it)
 
         def test() -> Any:
-            return iter(torch.utils.data.DataLoader(proxydata.FolderDataset(val_items, size, False), batch_size=bs,
-                                                    num_workers=o["num_workers"]))
+            val = proxydata.FolderDataset(val_items, size, False)
+            return iter(torch.utils.data.DataLoader(val, batch_size=bs, num_workers=o["num_workers"]))
 
         return batch_fn, len(loader), test, classes

@@ -24,8 +24,16 @@ from attnbench import proxydata
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
-from attnbench.train import (ProxyModel, ProxySuite, TrainConfig, data_rng, seed_all, token_hits,
-                             token_loss, train)
+from attnbench.train import (
+    ProxyModel,
+    ProxySuite,
+    TrainConfig,
+    data_rng,
+    seed_all,
+    token_hits,
+    token_loss,
+    train,
+)
 
 _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], vocab=256, seq_len=[64], kv_pairs=[[4, 8]], power_a=0.01,
@@ -52,16 +60,17 @@ class MQAR(ProxySuite):
     causal = True
     defaults = DEFAULTS
 
-    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
+    def tasks(self, s: dict[str, Any], entry: MethodEntry,
+              device: str) -> list[tuple[Workload, dict[str, Any]]]:
         keys = ("vocab", "power_a", "random_non_queries", "n_train", "n_test", "n_layers", "pos", "lrs",
                 "weight_decay", "batch_size", "warmup", "schedule_steps", "steps", "eval_every", "target",
                 "wall_cap_s")
         out = []
         for seq_len, ks in zip(s["seq_len"], s["kv_pairs"], strict=True):
             for d in s["d_model"]:
-                w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=seq_len,
-                             seq_kv=seq_len, head_dim=d // s["n_heads"], causal=True, mode="fwd_bwd",
-                             device=device)
+                w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"],
+                             seq_q=seq_len, seq_kv=seq_len, head_dim=d // s["n_heads"], causal=True,
+                             mode="fwd_bwd", device=device)
                 out.append((w, {**{k: s[k] for k in keys}, "kv_pairs": list(ks)}))
         return out
 
@@ -107,15 +116,15 @@ class MQAR(ProxySuite):
                                     mlp=False, pos=o["pos"], max_len=w.seq_q)
             model = ProxyModel(cfg).to(dev)
             tc = TrainConfig(steps=o["steps"], lr=lr, weight_decay=o["weight_decay"], warmup=o["warmup"],
-                             schedule_steps=o["schedule_steps"], eval_every=o["eval_every"], target=o["target"],
-                             wall_cap_s=o["wall_cap_s"])
+                             schedule_steps=o["schedule_steps"], eval_every=o["eval_every"],
+                             target=o["target"], wall_cap_s=o["wall_cap_s"])
             res = train(model, batch_fn, token_loss, tc, lambda m: float(accuracy(m).mean()))
             pe = accuracy(model)
             runs.append((float(pe.mean()), lr, res, pe))
         acc, _, best, per_example = max(runs, key=lambda r: r[0])
         rows = [Row("mqar_acc", acc, "fraction", "max" if len(runs) > 1 else "value", len(per_example))]
-        rows += [Row(f"mqar_acc_k{k}", float(per_example[k_te == k].mean()), "fraction", n=int((k_te == k).sum()))
-                 for k in ks]
+        rows += [Row(f"mqar_acc_k{k}", float(per_example[k_te == k].mean()), "fraction",
+                     n=int((k_te == k).sum())) for k in ks]
         if len(runs) > 1:
             rows += [Row(f"mqar_acc_lr{lr:g}", a, "fraction") for a, lr, _, _ in runs]
         reached = [s for s, v in best.evals if v >= o["target"]]

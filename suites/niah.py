@@ -27,8 +27,17 @@ from attnbench import proxydata
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
-from attnbench.train import (ProxyModel, ProxySuite, TrainConfig, data_rng, effective_pos, seed_all,
-                             token_hits, token_loss, train)
+from attnbench.train import (
+    ProxyModel,
+    ProxySuite,
+    TrainConfig,
+    data_rng,
+    effective_pos,
+    seed_all,
+    token_hits,
+    token_loss,
+    train,
+)
 
 EVAL_SEED = 10_000  # eval haystacks are the same for every method and seed
 
@@ -55,11 +64,12 @@ class NIAH(ProxySuite):
     causal = True
     defaults = DEFAULTS
 
-    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
+    def tasks(self, s: dict[str, Any], entry: MethodEntry,
+              device: str) -> list[tuple[Workload, dict[str, Any]]]:
         pos, why = effective_pos(entry.name, s["pos"])
-        keys = ("digits", "n_filler", "haystack", "min_len", "max_len", "n_layers", "mlp", "lr", "weight_decay",
-                "batch_size", "warmup", "schedule_steps", "steps", "loss_target", "wall_cap_s", "eval_lens",
-                "eval_depths", "eval_samples")
+        keys = ("digits", "n_filler", "haystack", "min_len", "max_len", "n_layers", "mlp", "lr",
+                "weight_decay", "batch_size", "warmup", "schedule_steps", "steps", "loss_target",
+                "wall_cap_s", "eval_lens", "eval_depths", "eval_samples")
         opts = {**{k: s[k] for k in keys}, "pos": pos, "pos_note": why}
         w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=s["max_len"],
                      seq_kv=s["max_len"], head_dim=s["d_model"] // s["n_heads"], causal=True, mode="fwd_bwd",
@@ -102,7 +112,8 @@ class NIAH(ProxySuite):
                 if length <= o["max_len"]:
                     digit_hits.append(float(hits.sum() / total.sum()))
         rows.append(Row("niah_acc_in_range", float(np.mean(inside)), "fraction", "mean", len(inside)))
-        rows.append(Row("niah_digit_acc_in_range", float(np.mean(digit_hits)), "fraction", "mean", len(inside)))
+        rows.append(Row("niah_digit_acc_in_range", float(np.mean(digit_hits)), "fraction", "mean",
+                        len(inside)))
         if outside:
             rows.append(Row("niah_acc_extrap", float(np.mean(outside)), "fraction", "mean", len(outside)))
         return rows + res.rows()

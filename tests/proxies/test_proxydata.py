@@ -45,7 +45,8 @@ def test_mqar_power_law_gaps_cluster_after_the_kv_block():
     assert near < 0.5 * uniform
 
 
-@pytest.mark.parametrize("bad", [dict(vocab=64, seq_len=64, kv_pairs=4), dict(vocab=256, seq_len=64, kv_pairs=17),
+@pytest.mark.parametrize("bad", [dict(vocab=64, seq_len=64, kv_pairs=4),
+                                 dict(vocab=256, seq_len=64, kv_pairs=17),
                                  dict(vocab=256, seq_len=63, kv_pairs=4)])
 def test_mqar_rejects_impossible_configs(bad):
     with pytest.raises(ValueError):
@@ -89,7 +90,8 @@ def test_icl_bayes_ridge_beats_ols_and_gd1_near_the_interpolation_threshold():
     d, k, nv = 5, 6, 0.1
     p = pd.regression(np.random.default_rng(6), 8192, d, k, nv)
     held = pd.regression(np.random.default_rng(7), 8192, d, k, nv)
-    err = {n: np.mean((v - p.yq) ** 2) for n, v in pd.icl_baselines(p, nv, 1 / d, pd.fit_gd1_step(held)).items()}
+    preds = pd.icl_baselines(p, nv, 1 / d, pd.fit_gd1_step(held))
+    err = {n: np.mean((v - p.yq) ** 2) for n, v in preds.items()}
     assert err["ridge"] < err["ols"] and err["ridge"] < err["gd1"] < err["zero"]
     assert err["ridge"] > nv  # the noise is an error floor
 
@@ -128,7 +130,8 @@ def test_digits_fallback_loads_offline():
     assert 0 <= data.x_train.min() and data.x_train.max() <= 1
 
 
-@pytest.mark.skipif(not pd.FASHION_MNIST_DIR.exists(), reason="apt package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not pd.FASHION_MNIST_DIR.exists(),
+                    reason="apt package dataset-fashion-mnist not installed")
 def test_fashion_mnist_reads_idx_files():
     data = pd.fashion_mnist()
     assert data.x_train.shape == (60000, 28, 28, 1) and data.x_test.shape == (10000, 28, 28, 1)

@@ -6,6 +6,7 @@ The sanity tests train to the smoke budgets (minus the wall cap) and are marked 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -51,7 +52,8 @@ def test_cases_for_every_registered_method(suite):
     s = SUITES.get(suite)
     cases = s.cases(Preset("smoke", {}), METHODS)
     assert {c.method for c in cases} == {e.name for e in METHODS if Backend.REFERENCE in e.impls}
-    assert all(c.backend == "reference" and c.workload.mode == "fwd_bwd" and c.preset == "smoke" for c in cases)
+    assert all(c.backend == "reference" and c.workload.mode == "fwd_bwd" and c.preset == "smoke"
+               for c in cases)
     assert len({c.case_id for c in cases}) == len(cases)
     assert s.applies_to(METHODS.get("mha"), Backend.REFERENCE) is None
 
@@ -84,7 +86,8 @@ def test_tiny_budget_run_on_mha(suite):
     rows = SUITES.get(suite).run(one_case(suite, wall_cap_s=NO_CAP, **TINY[suite]))
     m = metrics(rows)
     assert m["truncated"] == 0.0 and m["steps"] >= 1 and m["wall_s"] > 0
-    head = {"mqar": "mqar_acc", "niah": "niah_acc_in_range", "icl_regression": "icl_mse", "image_cls": "top1"}[suite]
+    head = {"mqar": "mqar_acc", "niah": "niah_acc_in_range", "icl_regression": "icl_mse",
+            "image_cls": "top1"}[suite]
     assert m[head] is not None and m[head] >= 0
     assert all(r.extra.keys() <= {"seq_len", "seq_kv"} for r in rows)  # extras must be schema columns
     if suite == "mqar":
@@ -105,7 +108,8 @@ def test_truncation_is_reported():
 
 
 def test_mqar_lr_sweep_reports_max():
-    rows = SUITES.get("mqar").run(one_case("mqar", wall_cap_s=NO_CAP, **{**TINY["mqar"], "lrs": [1e-3, 3e-3]}))
+    case = one_case("mqar", wall_cap_s=NO_CAP, **{**TINY["mqar"], "lrs": [1e-3, 3e-3]})
+    rows = SUITES.get("mqar").run(case)
     m = metrics(rows)
     assert m["mqar_acc"] == max(m["mqar_acc_lr0.001"], m["mqar_acc_lr0.003"])
 
@@ -141,3 +145,27 @@ def test_sanity_image_mha_well_above_chance():
     m = metrics(SUITES.get("image_cls").run(one_case("image_cls", wall_cap_s=NO_CAP, n_train=3_000, epochs=3,
                                                      digits_epochs=30)))
     assert m["top1"] >= 0.5, m  # chance is 0.1
+
+
+# -- every registered method trains in every proxy that applies (two steps, tiny sizes) --------
+TWO_STEPS = {
+    "mqar": {**TINY["mqar"], "steps": 2, "n_train": 64, "n_test": 16},
+    "niah": {**TINY["niah"], "steps": 2, "eval_samples": 2, "eval_depths": [0.5]},
+    "icl_regression": {**TINY["icl_regression"], "steps": 2, "eval_prompts": 16, "eval_ks": [10]},
+    "image_cls": {**TINY["image_cls"], "n_train": 32, "batch_size": 16},
+}
+
+
+@pytest.mark.parametrize("suite", list(TWO_STEPS))
+@pytest.mark.parametrize("method", METHODS.names())
+def test_method_trains_in_proxy(method, suite):
+    """Cells the runner would skip (applies_to / why_not give a reason) are skipped with it."""
+    entry, s = METHODS.get(method), SUITES.get(suite)
+    case = one_case(suite, method, wall_cap_s=NO_CAP, **TWO_STEPS[suite])
+    params = entry.spec.params(case.param_dict)
+    why = s.applies_to(entry, Backend.REFERENCE) or entry.why_not(
+        Backend.REFERENCE, entry.spec.shape(case.workload, params), params)
+    if why:
+        pytest.skip(why)
+    m = metrics(s.run(case))
+    assert m["steps"] >= 1 and math.isfinite(m["train_loss"])

@@ -9,8 +9,19 @@ from torch import nn
 
 from attnbench import proxydata
 from attnbench.presets import Preset
-from attnbench.train import (ModelConfig, ProxyModel, TrainConfig, add_rope, apply_rope, effective_pos,
-                             rope_tables, seed_all, settings_for, token_loss, train)
+from attnbench.train import (
+    ModelConfig,
+    ProxyModel,
+    TrainConfig,
+    add_rope,
+    apply_rope,
+    effective_pos,
+    rope_tables,
+    seed_all,
+    settings_for,
+    token_loss,
+    train,
+)
 
 
 def _mqar_run(seed: int, steps: int = 6, **tc) -> tuple[list[float], ProxyModel]:
@@ -109,7 +120,7 @@ def test_effective_pos_and_config_validation():
 
 
 def test_settings_tiers_and_overrides():
-    defaults = {"smoke": {"steps": 10, "lr": 1.0}, "quick": {"steps": 20, "lr": 1.0}, "full": {"steps": 30, "lr": 1.0}}
+    defaults = {t: {"steps": s, "lr": 1.0} for t, s in (("smoke", 10), ("quick", 20), ("full", 30))}
     p = Preset("smoke", {"shapes": {"seq_lens": [9]}, "suite": {"x": {"steps": 11}}})
     assert settings_for(defaults, p.name, p.section("x")) == {"steps": 11, "lr": 1.0}
     assert settings_for(defaults, "gpu", {})["steps"] == 30
