@@ -22,6 +22,7 @@ from attnbench.registry import METHODS, MethodEntry
 from attnbench.spec import DTYPES, Backend, Params, Workload
 
 COMMON_DEFAULTS: dict[str, Any] = {"base": "mha", "base_params": {}}
+WRAPPERS = ("vhr", "var", "imbalance_fix", "softpag", "gift", "brush", "consistedit")
 _FUSED_ORDER = (Backend.SDPA, Backend.NATIVE, Backend.FLEX, Backend.REFERENCE)
 
 
@@ -68,7 +69,7 @@ def check_base(w: Workload, params: Params) -> str | None:
     """Why the wrapped base cannot run `w` (or cannot be wrapped), or None."""
     entry = base_entry(params)
     spec = entry.spec
-    if spec.family == "intervention" and spec.name.startswith(("vhr", "var", "softpag", "gift", "brush")):
+    if spec.name in WRAPPERS:
         return f"base {spec.name!r} is itself an intervention"
     if spec.kind != "functional":
         return f"base {spec.name!r} is a layer method; interventions wrap functional q,k,v attention"

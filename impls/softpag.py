@@ -17,7 +17,7 @@ from attnbench.spec import AttentionSpec, Capabilities, Paper
 SPEC = AttentionSpec(
     name="softpag",
     title="SoftPAG (attention map interpolated toward identity, per head)",
-    paper=Paper("Perturb a Model, Not an Image: Head-Level Attention Guidance (HeadHunter)", 2025, "2506.10978"),
+    paper=Paper("Fine-Grained Perturbation Guidance via Attention Head Selection", 2025, "2506.10978"),
     family="intervention",
     defaults={**iv.COMMON_DEFAULTS, "strength": 0.5, "heads": None},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),

@@ -1,0 +1,28 @@
+"""GIFT fused: saliency from the query rows' probabilities only (N/4 rows), then one FlexAttention call
+with `score_mod = s + logG[b, kv]` (identity 1: multiply-then-renormalise == add log; exact)."""
+
+from __future__ import annotations
+
+import torch
+
+from attnbench.impls import _intervene as iv
+from attnbench.impls.gift import SPEC, log_gains, query_rows, saliency
+from attnbench.registry import register_backend
+from attnbench.spec import Backend
+
+
+@register_backend(SPEC, Backend.FLEX, can_run=iv.flex_can_run)
+def gift_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
+              base_params: dict | None = None, alpha: float = 5.0, query_gain: float | None = None,
+              head_frac: float = 0.5, img_span: list[int] | None = None, query_span: list[int] | None = None
+              ) -> torch.Tensor:
+    params = {"base": base, "base_params": base_params}
+    n = k.shape[-2]
+    img, qmask = iv.img_mask(img_span, n, q.device), iv.span_mask(query_span, n, (0.75, 1.0), q.device)
+    sal = saliency(iv.rows_probs(q, k, causal, params, query_rows(query_span, n)), img, head_frac)
+    gains = log_gains(sal, img, qmask, alpha, query_gain).to(q.dtype)
+
+    def score_edit(score, b, h, q_idx, kv_idx):
+        return score + gains[b, kv_idx]
+
+    return iv.flex(q, k, v, causal, params, score_edit=score_edit)[0]
