@@ -467,7 +467,7 @@ _RUN = "import sys; sys.argv[0] = 'attnbench'; from attnbench.cli import app; ap
 
 def _check_shim(shim: Path, src: Path) -> None:
     probe = "import attnbench, attnbench.impls, os; print(os.path.realpath(attnbench.impls.__path__[0]))"
-    out = subprocess.run([sys.executable, "-c", probe], env=_side_env(shim), capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-P", "-c", probe], env=_side_env(shim), capture_output=True, text=True)
     got = out.stdout.strip()
     if out.returncode or not got.startswith(str(src.resolve())):
         raise GateInputError(f"cannot import attnbench from {src} (got {got or out.stderr.strip()[-300:]})")
@@ -505,7 +505,7 @@ def ab_compare(ref: str, *, run_args: list[str], repo: str | os.PathLike[str] = 
                     out = tmp / name / f"round{r}"
                     log.print(f"[bold]ab round {r + 1}/{rounds}[/bold]: {name} "
                               f"({short if name == 'base' else 'working tree'})", highlight=False)
-                    _run_side(sides[name], run_args, out, cwd=tmp)
+                    _run_side(sides[name], run_args, out)
                     outs[name].append(out)
             cmp = compare(outs["base"], outs["head"], threshold=threshold, alpha=alpha, baseline=baseline)
         finally:
@@ -517,12 +517,13 @@ def ab_compare(ref: str, *, run_args: list[str], repo: str | os.PathLike[str] = 
     return cmp
 
 
-def _run_side(shim: Path, run_args: list[str], out: Path, *, cwd: Path) -> None:
+def _run_side(shim: Path, run_args: list[str], out: Path) -> None:
     args = list(run_args)
     if not any(re.fullmatch(r"--(no-)?report", a) for a in args):
         args.append("--no-report")
-    cmd = [sys.executable, "-c", _RUN, "run", *args, "-o", str(out)]
-    proc = subprocess.run(cmd, env=_side_env(shim), cwd=cwd, capture_output=True, text=True)
+    # -P: the current directory (often the repo itself) must not shadow the shim on sys.path
+    cmd = [sys.executable, "-P", "-c", _RUN, "run", *args, "-o", str(out)]
+    proc = subprocess.run(cmd, env=_side_env(shim), capture_output=True, text=True)
     if proc.returncode:
         tail = (proc.stderr or proc.stdout).strip()[-1500:]
         raise GateInputError(f"`attnbench run {shlex.join(args)}` failed (exit {proc.returncode}):\n{tail}")

@@ -120,7 +120,7 @@ class PlotWriter:
             return None
         with plt.rc_context({**_STYLE, "axes.grid": False}):
             fig, ax = plt.subplots(figsize=(2.2 + 0.6 * len(xlabels), 1.6 + 0.4 * len(ylabels)))
-            fig.subplots_adjust(left=0.22, right=0.95, bottom=0.3, top=0.85)
+            fig.subplots_adjust(left=0.2, right=0.86, bottom=0.3, top=0.85)
             im = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="RdYlGn", aspect="auto")
             ax.set_xticks(range(len(xlabels)), [safe(x) for x in xlabels], rotation=45, ha="right")
             ax.set_yticks(range(len(ylabels)), [safe(y) for y in ylabels])

@@ -230,14 +230,14 @@ class SiteBuilder:
             if agg.rows:
                 agg.caption = "Aggregates over every latency shape (no geometric mean: fast_p and win rate)"
                 sec.tables.append(agg)
-            for suite, metric, what in (("latency", "latency_ms", "latency"), ("memory", "peak_mem_bytes",
-                                                                                  "peak memory")):
+            for suite, metric, what in (("latency", "latency_ms", "latency (ms)"),
+                                        ("memory", "peak_mem_bytes", "peak memory (bytes)")):
                 rows = dd[dd["suite"] == suite]
                 if rows.empty:
                     continue
                 sel, g = D.groups_without(rows, ["seq_len"])[0]
                 p = self.plots.lines(D.series(g, metric), title=f"{what} vs sequence length — {dev}",
-                                     xlabel="sequence length", ylabel=f"{what} ({D.metric_label(metric)})")
+                                     xlabel="sequence length", ylabel=what)
                 if p:
                     sec.plots.append(p)
             sec.plots += self.pareto_plots(dd, dev, shapes["latency"])

@@ -36,7 +36,7 @@
 
   Array.prototype.forEach.call(document.querySelectorAll(".filters"), function (bar) {
     var table = document.getElementById(bar.getAttribute("data-table"));
-    if (!table) return;
+    if (!table || !table.tBodies || !table.tBodies.length) return;
     var family = bar.querySelector("select"), text = bar.querySelector("input"), count = bar.querySelector(".count");
     function apply() {
       var fam = family ? family.value : "", q = text ? text.value.trim().toLowerCase() : "";
