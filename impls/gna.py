@@ -12,8 +12,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-
-from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.neighborhood import (
     adapt,
@@ -27,6 +25,8 @@ from attnbench.impls.neighborhood import (
     na_mask_rows,
     tile_permutation,
 )
+
+from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, Paper
 

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from attnbench.impls.mha import dense_attention
 
 from attnbench.flops import mask_flops
-from attnbench.impls.mha import dense_attention
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 
@@ -82,7 +82,8 @@ def allowed(kind_q: torch.Tensor, lab_q: torch.Tensor, kind_k: torch.Tensor, lab
 
 
 @functools.lru_cache(maxsize=32)
-def _layout_cached(n: int, subjects: int, ref_frac: float, text_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _layout_cached(n: int, subjects: int, ref_frac: float,
+                   text_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     return layout(n, subjects, ref_frac, text_tokens)
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from attnbench.impls.mha import dense_attention
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, core_flops, tile_stats
-from attnbench.impls.mha import dense_attention
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 
@@ -48,7 +48,8 @@ class NAConfig:
 
     def problem(self) -> str | None:
         """Why this configuration is invalid, or None."""
-        for ax, (n, k, s, d) in enumerate(zip(self.shape, self.kernel, self.stride, self.dilation)):
+        axes = zip(self.shape, self.kernel, self.stride, self.dilation, strict=True)
+        for ax, (n, k, s, d) in enumerate(axes):
             if min(k, s, d) < 1:
                 return f"axis {ax}: kernel, stride and dilation must be ≥ 1 (k={k}, s={s}, d={d})"
             if k * d > n:
@@ -135,12 +136,12 @@ def _unravel(idx: torch.Tensor, shape: tuple[int, ...]) -> list[torch.Tensor]:
 
 def na_mask_mod_of(cfg: NAConfig) -> Callable[..., torch.Tensor]:
     """FlexAttention `mask_mod(b, h, q_idx, kv_idx)` of a configuration."""
-    axes = list(zip(cfg.shape, cfg.kernel, cfg.stride, cfg.dilation, cfg.causal))
+    axes = list(zip(cfg.shape, cfg.kernel, cfg.stride, cfg.dilation, cfg.causal, strict=False))
 
     def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         xs, ys = _unravel(q_idx, cfg.shape), _unravel(kv_idx, cfg.shape)
         out = axis_allowed(xs[0], ys[0], *axes[0])
-        for x, y, ax in zip(xs[1:], ys[1:], axes[1:]):
+        for x, y, ax in zip(xs[1:], ys[1:], axes[1:], strict=False):
             out = out & axis_allowed(x, y, *ax)
         return out
 
@@ -150,7 +151,7 @@ def na_mask_mod_of(cfg: NAConfig) -> Callable[..., torch.Tensor]:
 def axis_masks(cfg: NAConfig, device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """One `[n_i, n_i]` boolean mask per axis; the full mask is their AND (outer product)."""
     out = []
-    for n, k, s, d, c in zip(cfg.shape, cfg.kernel, cfg.stride, cfg.dilation, cfg.causal):
+    for n, k, s, d, c in zip(cfg.shape, cfg.kernel, cfg.stride, cfg.dilation, cfg.causal, strict=False):
         i = torch.arange(n, device=device)
         out.append(axis_allowed(i[:, None], i[None, :], n, k, s, d, c))
     return out
@@ -162,7 +163,7 @@ def na_mask_rows(cfg: NAConfig, rows: torch.Tensor, masks: list[torch.Tensor] | 
     masks = masks if masks is not None else axis_masks(cfg, rows.device)
     coords = _unravel(rows, cfg.shape)
     out = masks[0][coords[0]]
-    for m, c in zip(masks[1:], coords[1:]):
+    for m, c in zip(masks[1:], coords[1:], strict=False):
         out = (out[:, :, None] & m[c][:, None, :]).flatten(1)
     return out
 
@@ -177,11 +178,11 @@ def tile_permutation(shape: tuple[int, ...], tile: tuple[int, ...]) -> torch.Ten
 
     Tokens of one tile (shape `tile`) become contiguous, tiles in row-major order of the grid.
     """
-    if len(tile) != len(shape) or any(n % t for n, t in zip(shape, tile)):
+    if len(tile) != len(shape) or any(n % t for n, t in zip(shape, tile, strict=False)):
         raise ValueError(f"grid {shape} is not divisible by the tile shape {tile}")
-    rest = tuple(n // t for n, t in zip(shape, tile))
+    rest = tuple(n // t for n, t in zip(shape, tile, strict=False))
     # position p = (tile coords..., offset coords...) row-major; axes interleave as (rest_i, tile_i)
-    grid = torch.arange(math.prod(shape)).view(*[x for r, t in zip(rest, tile) for x in (r, t)])
+    grid = torch.arange(math.prod(shape)).view(*[x for r, t in zip(rest, tile, strict=False) for x in (r, t)])
     r = len(shape)
     return grid.permute(*range(0, 2 * r, 2), *range(1, 2 * r, 2)).reshape(-1)
 
@@ -226,7 +227,7 @@ def index_table(cfg: NAConfig, device: torch.device | str = "cpu") -> tuple[torc
     """
     idx = torch.zeros(1, 1, dtype=torch.long, device=device)
     valid = torch.ones(1, 1, dtype=torch.bool, device=device)
-    for n, k, s, d, c in zip(cfg.shape, cfg.kernel, cfg.stride, cfg.dilation, cfg.causal):
+    for n, k, s, d, c in zip(cfg.shape, cfg.kernel, cfg.stride, cfg.dilation, cfg.causal, strict=False):
         x = torch.arange(n, device=device)
         r, xp = x % d, x // d
         start = _window_start(xp, (n - r + d - 1) // d, k, s, c)

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from attnbench.impls.gna import SPEC
 from attnbench.impls.neighborhood import NAConfig, na_config, workload_config
 from attnbench.kernels.neighborhood import staged_tiled
+
 from attnbench.registry import register_backend
 from attnbench.spec import Backend, Params, Workload
 
@@ -30,7 +30,7 @@ def blocked_problem(cfg: NAConfig) -> str | None:
     if cfg.stride != cfg.kernel:
         return (f"the window-partition fast path needs stride == kernel_size on every axis "
                 f"(blocked attention); got stride={cfg.stride}, kernel_size={cfg.kernel}")
-    for ax, (n, k, d) in enumerate(zip(cfg.shape, cfg.kernel, cfg.dilation)):
+    for ax, (n, k, d) in enumerate(zip(cfg.shape, cfg.kernel, cfg.dilation, strict=False)):
         if n % (k * d):
             return f"axis {ax}: length {n} is not a multiple of kernel_size·dilation = {k * d}"
     return None
@@ -51,7 +51,8 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NA
     """
     b, hq, n, d = q.shape
     r = len(cfg.shape)
-    split = [x for nn, kk, dd in zip(cfg.shape, cfg.kernel, cfg.dilation) for x in (nn // (kk * dd), kk, dd)]
+    split = [x for nn, kk, dd in zip(cfg.shape, cfg.kernel, cfg.dilation, strict=True)
+             for x in (nn // (kk * dd), kk, dd)]
     # dims after view: b, h, (nb_i, k_i, d_i)*r, D → b, (nb_i, d_i)*r, h, (k_i)*r, D
     groups = [2 + 3 * i for i in range(r)] + [4 + 3 * i for i in range(r)]
     slots = [3 + 3 * i for i in range(r)]
@@ -64,7 +65,7 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NA
     mask = None
     if any(cfg.causal):
         mask = torch.ones(1, 1, dtype=torch.bool, device=q.device)
-        for kx, c in zip(cfg.kernel, cfg.causal):
+        for kx, c in zip(cfg.kernel, cfg.causal, strict=False):
             m = torch.ones(kx, kx, dtype=torch.bool, device=q.device)
             m = m.tril() if c else m
             mask = (mask[:, None, :, None] & m[None, :, None, :]).flatten(0, 1).flatten(1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attnbench.impls.isolation_mask import (
     REFERENCE,
     SPEC,
@@ -15,6 +14,7 @@ from attnbench.impls.isolation_mask import (
     layout,
     leakage,
 )
+
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attnbench.impls.msa_conv import SPEC, msa_conv
 from attnbench.impls.neighborhood import neighborhood
+
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 
@@ -54,8 +54,9 @@ def test_roll_unroll_identity() -> None:
     x = torch.randn(1, 8, 6, 7)
     shifts = [(1, 2), (-1, 0), (0, -3), (2, 2)]
     groups = x.chunk(4, dim=1)
-    rolled = [torch.roll(g, s, dims=(2, 3)) for g, s in zip(groups, shifts)]
-    back = torch.cat([torch.roll(g, (-s[0], -s[1]), dims=(2, 3)) for g, s in zip(rolled, shifts)], 1)
+    rolled = [torch.roll(g, s, dims=(2, 3)) for g, s in zip(groups, shifts, strict=False)]
+    back = torch.cat([torch.roll(g, (-s[0], -s[1]), dims=(2, 3))
+                      for g, s in zip(rolled, shifts, strict=True)], 1)
     assert torch.equal(back, x)
 
 

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from attnbench.impls.neighborhood import (
     SPEC,
     axis_masks,
@@ -20,6 +19,7 @@ from attnbench.impls.neighborhood import (
     neighborhood,
 )
 from attnbench.kernels.neighborhood import staged_tiled
+
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 
@@ -70,7 +70,8 @@ def test_rd_mask_is_and_of_1d_masks() -> None:
     mask = na_mask(cfg)
     coords = torch.cartesian_prod(*[torch.arange(n) for n in spatial])
     want = torch.ones(210, 210, dtype=torch.bool)
-    for ax, (n, k, s, d, c) in enumerate(zip(cfg.shape, cfg.kernel, cfg.stride, cfg.dilation, cfg.causal)):
+    axes = zip(cfg.shape, cfg.kernel, cfg.stride, cfg.dilation, cfg.causal, strict=True)
+    for ax, (n, k, s, d, c) in enumerate(axes):
         m1 = torch.tensor([[card_allowed(x, y, n, k, s, d, c) for y in range(n)] for x in range(n)])
         want &= m1[coords[:, ax][:, None], coords[:, ax][None, :]]
     assert torch.equal(mask, want)
@@ -126,7 +127,8 @@ def test_reference_gradcheck_fp64() -> None:
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_tiled_native_matches_reference_gqa_3d(causal: bool) -> None:
-    spatial, params = (4, 6, 5), {"kernel_size": (3, 2, 3), "dilation": (1, 2, 1), "is_causal": (False, True, False)}
+    spatial = (4, 6, 5)
+    params = {"kernel_size": (3, 2, 3), "dilation": (1, 2, 1), "is_causal": (False, True, False)}
     q, k, v = qkv(120, h=4, hkv=2)
     fast = staged_tiled(na_config(120, causal, params, spatial), q.device)
     assert torch.allclose(fast(q, k, v), neighborhood(q, k, v, causal=causal, spatial=spatial, **params),
@@ -179,7 +181,8 @@ def test_natten_peer_equals_reference(spatial: tuple[int, ...], params: dict, ca
     n = math.prod(spatial)
     q, k, v = qkv(n, b=2, h=4, hkv=2)
     kw = {**SPEC.params(params), "spatial": spatial}
-    w = Workload(batch=2, heads_q=4, heads_kv=2, seq_q=n, seq_kv=n, head_dim=8, causal=causal, spatial=spatial)
+    w = Workload(batch=2, heads_q=4, heads_kv=2, seq_q=n, seq_kv=n, head_dim=8, causal=causal,
+                 spatial=spatial)
     assert entry.why_not("natten", w, SPEC.params(params)) is None
     o = entry.impl("natten").prepare(q, k, v, causal=causal, params=kw)(q, k, v)
     assert torch.allclose(o, neighborhood(q, k, v, causal=causal, **kw), atol=1e-5)
