@@ -61,7 +61,7 @@ class SourceQKAttention(nn.Module):
     `source="random"`: a fixed noise buffer `ε ~ N(0, σ²)` `[max_len, C]` (RndEmbQK; the paper passes
     ε through the preceding blocks, here the layer's own projections see it directly). Q/K are
     computed once with batch 1 and broadcast: the attention map is input-independent. A model can
-    replace the buffer with `set_qk_source(h)` (e.g. FixedSeqQK's hidden states of a fixed text).
+    override it with `set_qk_source(h)` (e.g. FixedSeqQK's hidden states of a fixed text).
     `source="static"`: Q/K from the token embeddings bound with `set_qk_source(e [B, N, C])`
     (StaticEmbQK); unbound, the layer input is used (then it equals standard attention).
     """
@@ -78,21 +78,23 @@ class SourceQKAttention(nn.Module):
         if source == "random":
             gen = torch.Generator().manual_seed(seed)
             noise = torch.randn(1, max_len, d_model, generator=gen) * sigma
-        self.register_buffer("qk_source", noise)
+        self.register_buffer("noise", noise)
+        self.bound: torch.Tensor | None = None
         backend = Backend(backend)
         self.attend = attention_step if backend == Backend.REFERENCE else step(spec, backend)
         self.aux_loss = None
 
     def set_qk_source(self, h: torch.Tensor | None) -> None:
-        """Bind the Q/K source `[1|B, N, C]` (None: back to the default)."""
-        self.qk_source = h
+        """Bind the Q/K source `[1|B, N, C]` (None: back to the default: noise, or the layer input)."""
+        self.bound = h
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(t.shape[0], t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        src = x if self.qk_source is None else self.qk_source[:, :n].to(x.dtype)
+        src = self.bound if self.bound is not None else self.noise
+        src = x if src is None else src[:, :n].to(x.dtype)
         q, k = self._heads(self.q(src)), self._heads(self.k(src))
         if q.shape[0] != b:  # batch-1 source: one map for the whole batch
             q, k = q.expand(b, -1, -1, -1), k.expand(b, -1, -1, -1)

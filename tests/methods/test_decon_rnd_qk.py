@@ -32,4 +32,6 @@ def test_bound_source_replaces_the_noise() -> None:
     before = layer(x)
     layer.set_qk_source(_x(3)[:1])  # e.g. FixedSeqQK: hidden states of a fixed text
     assert not torch.allclose(layer(x), before)
+    layer.set_qk_source(None)
+    torch.testing.assert_close(layer(x), before)
     torch.testing.assert_close(_layer("sdpa")(x), before)
