@@ -12,7 +12,7 @@ from attnbench.impls.sliding_window import SPEC, sliding_window, window_flops, w
 from attnbench.registry import METHODS
 from attnbench.spec import Backend, Workload
 
-FUSED = [Backend.SDPA, Backend.FLEX]
+FUSED = [Backend.SDPA, Backend.NATIVE, Backend.FLEX]
 
 
 def qkv(nq: int = 40, nk: int = 40, hq: int = 2, hkv: int = 2, d: int = 8, dtype=torch.float32, seed=0):
@@ -64,7 +64,8 @@ def test_causal_swa_equals_causal_na_1d(window: int) -> None:
 
 
 @pytest.mark.parametrize("backend", FUSED)
-@pytest.mark.parametrize(("nq", "nk", "causal"), [(24, 56, True), (24, 56, False), (56, 24, True)])
+@pytest.mark.parametrize(("nq", "nk", "causal"), [(24, 56, True), (24, 56, False), (56, 24, True),
+                                                  (150, 150, True), (150, 150, False)])
 def test_fused_match_reference_gqa_and_bottom_right_alignment(backend: Backend, nq: int, nk: int,
                                                               causal: bool) -> None:
     q, k, v = qkv(nq, nk, hq=4, hkv=2)
@@ -72,11 +73,13 @@ def test_fused_match_reference_gqa_and_bottom_right_alignment(backend: Backend, 
     torch.testing.assert_close(run(backend, q, k, v, causal=causal, window=9), expected)
 
 
-def test_sdpa_grads_match_reference() -> None:
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("backend", [Backend.SDPA, Backend.NATIVE])
+def test_grads_match_reference(backend: Backend, causal: bool) -> None:
     grads = []
-    for backend in (Backend.REFERENCE, Backend.SDPA):
+    for b in (Backend.REFERENCE, backend):
         q, k, v = (t.requires_grad_() for t in qkv(dtype=torch.float64))
-        out = run(backend, q, k, v, causal=True, window=7)
+        out = run(b, q, k, v, causal=causal, window=7)
         grads.append(torch.autograd.grad((out * out).sum(), (q, k, v)))
     for got, ref in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(got, ref)
