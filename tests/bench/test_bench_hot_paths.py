@@ -24,8 +24,7 @@ from attnbench.suite import Case, Row
 W = Workload(batch=1, heads_q=4, heads_kv=4, seq_q=256, seq_kv=256, head_dim=32, causal=True)
 PAIRS = [("mha", "reference"), ("mha", "sdpa"), ("gqa", "reference"), ("gqa", "sdpa"),
          ("sliding_window", "reference"), ("sliding_window", "sdpa"), ("sliding_window", "native"),
-         ("linear", "reference"),
-         ("linear", "native")]
+         ("linear", "reference"), ("linear", "native")]
 
 
 @pytest.mark.parametrize(("method", "backend"), PAIRS, ids=[f"{m}-{b}" for m, b in PAIRS])
