@@ -146,7 +146,7 @@ def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, params
     Returns `(O [B, H, N, D], lse [B, H, N])` (natural log; rows with no allowed key: O = 0, lse = -inf).
     `score_edit(score, b, h, q_idx, kv_idx)` runs after the base's own score_mod.
     """
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
 
     mask_mod, score_mod = base_mods(q, k, causal, params)
     if keep is not None:
@@ -167,8 +167,8 @@ def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, params
     block_mask = create_block_mask(mask_mod, None, None, nq, nk, device=q.device) if mask_mod else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*without torch.compile.*")
-        o, lse = flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, return_lse=True)
-    return o, lse
+        o, aux = flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, return_aux=AuxRequest(lse=True))
+    return o, aux.lse
 
 
 def mass(lse_part: torch.Tensor, lse_all: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ In image-centric rows (visual mass `m_vis ≥ summ` and non-sink image share `m_
 sink token keeps `keep_frac` of its weight and the freed budget `(1−keep)·m_S` goes to the non-sink
 image tokens in proportion to their weights; rows still sum to 1, text non-sink weights are unchanged.
 Sinks are key indices (`sinks`, default token 0); detecting them from hidden-state massive
-activations is `attnbench.analysis.sink_tokens`. The paper skips the last layer: a model-level
-choice (`attnbench.hallucination.apply_intervention` leaves it out).
+activations is `attnbench.analysis.sink_tokens`. `except_last_layer` (official config, on) is read at
+model level by `attnbench.hallucination.apply_intervention`; the functional form ignores it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ SPEC = AttentionSpec(
     title="VAR: visual attention sink redistribution",
     paper=Paper("See What You Are Told: Visual Attention Sink in Large Multimodal Models", 2025, "2503.03321"),
     family="intervention",
-    defaults={**iv.COMMON_DEFAULTS, "keep_frac": 0.6, "sinks": [0], "summ": 0.2, "rho": 0.5, "img_span": None},
+    defaults={**iv.COMMON_DEFAULTS, "keep_frac": 0.6, "sinks": [0], "summ": 0.2, "rho": 0.5, "img_span": None,
+              "except_last_layer": True},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),
     flops=iv.base_flops(4.0),
     check=iv.check_base,
@@ -47,7 +48,8 @@ def selected_rows(m_vis: torch.Tensor, m_t: torch.Tensor, summ: float, rho: floa
 @register_method(SPEC)
 def var(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
         base_params: dict | None = None, keep_frac: float = 0.6, sinks: list[int] = (0,), summ: float = 0.2,
-        rho: float = 0.5, img_span: list[int] | None = None) -> torch.Tensor:
+        rho: float = 0.5, img_span: list[int] | None = None,
+        except_last_layer: bool = True) -> torch.Tensor:
     """Reference: edit the materialised `P [B, H, N, N]` row by row, then `P' v`."""
     p = iv.probs(q, k, causal, {"base": base, "base_params": base_params})
     img, sink, nsimg = sets(k.shape[-2], img_span, list(sinks), q.device)

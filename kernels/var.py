@@ -15,7 +15,8 @@ from attnbench.spec import Backend
 @register_backend(SPEC, Backend.FLEX, can_run=iv.flex_can_run)
 def var_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
              base_params: dict | None = None, keep_frac: float = 0.6, sinks: list[int] = (0,), summ: float = 0.2,
-             rho: float = 0.5, img_span: list[int] | None = None) -> torch.Tensor:
+             rho: float = 0.5, img_span: list[int] | None = None,
+             except_last_layer: bool = True) -> torch.Tensor:
     """Masses from restricted-flex LSEs; partial outputs recombined (identity 3)."""
     params = {"base": base, "base_params": base_params}
     img, sink, nsimg = sets(k.shape[-2], img_span, list(sinks), q.device)
