@@ -8,14 +8,28 @@ attention across the layers of a model.
 from __future__ import annotations
 
 import torch
-from attnbench.impls.mdha import attention_step
+from attnbench.impls.mdha import attention_step, proj_flops
 from torch import nn
 
+from attnbench.flops import dense_flops
 from attnbench.registry import step
-from attnbench.spec import AttentionSpec, Backend, Paper
+from attnbench.spec import AttentionSpec, Backend, FlopCount, Paper, Params, Workload
 
 PAPER = Paper("Deconstructing Attention: Investigating Design Principles for Effective Language Modeling",
               2025, "2510.11602")
+
+def source_qk_flops(batch_one: bool):
+    """FLOPs `(w, params) -> FlopCount` of a Q/K-source layer: dense core + V/O projections over
+    `B·N` tokens + Q/K projections over `N` (batch-1 source, `batch_one`) or `B·N` tokens."""
+
+    def flops(w: Workload, params: Params) -> FlopCount:
+        core = dense_flops(w)
+        qk_rows = w.seq_q if batch_one else w.batch * w.seq_q
+        extra = proj_flops(w, 2) + proj_flops(w, 2, rows=qk_rows)
+        return FlopCount(useful=core.useful + extra, executed=core.useful + extra, softmax=core.softmax)
+
+    return flops
+
 
 HYBRID_PATTERNS = ("uniform", "alternate", "top", "middle", "bottom", "quarter", "first", "last",
                    "bilateral")

@@ -9,6 +9,7 @@ a training-time regulariser sharing the self-attention weights. Token 0 is the C
 from __future__ import annotations
 
 import torch
+from attnbench.impls.mdha import proj_flops
 from attnbench.impls.mha import dense_attention
 from torch import nn
 
@@ -25,14 +26,19 @@ def n_local(n: int, r_ratio: float) -> int:
 
 
 def dcal_flops(w: Workload, params: Params) -> FlopCount:
-    """GLCA: `4·B·H·R·N·D` + the CLS row `2·B·H·N·D`; PWCA: `4·B·H·N·2N·D`. Projections excluded."""
+    """GLCA: QKV `6·B·N·C²`, CLS row `2·B·H·N·D`, `4·B·H·R·N·D`, output projection of R rows `2·B·R·C²`.
+
+    PWCA: QKV of both images `12·B·N·C²`, `4·B·H·N·2N·D`, output projection `2·B·N·C²`.
+    """
     b, h, n, d = w.batch, w.heads_q, w.seq_q, w.head_dim
     if params["branch"] == "pwca":
         pairs = n * 2 * n
-        useful = 4.0 * b * h * pairs * d
+        useful = 4.0 * b * h * pairs * d + proj_flops(w, 7)
     else:
-        pairs = n_local(n, params["r_ratio"]) * n + n
-        useful = 4.0 * b * h * (pairs - n) * d + 2.0 * b * h * n * d
+        r = n_local(n, params["r_ratio"])
+        pairs = r * n + n
+        useful = (4.0 * b * h * r * n * d + 2.0 * b * h * n * d + proj_flops(w, 3)
+                  + proj_flops(w, 1, rows=b * r))
     return FlopCount(useful=useful, executed=useful, softmax=SOFTMAX_FLOPS_PER_SCORE * b * h * pairs)
 
 

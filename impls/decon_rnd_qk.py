@@ -3,9 +3,8 @@ fixed random noise instead of the layer input (values from the input): an input-
 
 from __future__ import annotations
 
-from attnbench.impls._deconstructed import PAPER, SourceQKAttention
+from attnbench.impls._deconstructed import PAPER, SourceQKAttention, source_qk_flops
 
-from attnbench.flops import dense_flops
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Backend, Capabilities
 
@@ -17,7 +16,7 @@ SPEC = AttentionSpec(
     kind="layer",
     defaults={"sigma": 1.0, "max_len": 4096, "seed": 0},
     capabilities=Capabilities(causal=True, noncausal=True),
-    flops=dense_flops,
+    flops=source_qk_flops(batch_one=True),
     check=lambda w, p: f"N={w.seq_q} exceeds max_len={p['max_len']}" if w.seq_q > p["max_len"] else None,
     claims=("Input-independent Q/K in a hybrid (odd layers) keeps NLU near standard: FixedSeqQK 52.6 vs "
             "51.9 at 500M (the card gives no RndEmbQK number).",),

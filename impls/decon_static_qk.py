@@ -3,9 +3,8 @@ from the input token embeddings (bound with `set_qk_source`), values from the la
 
 from __future__ import annotations
 
-from attnbench.impls._deconstructed import PAPER, SourceQKAttention
+from attnbench.impls._deconstructed import PAPER, SourceQKAttention, source_qk_flops
 
-from attnbench.flops import dense_flops
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Backend, Capabilities
 
@@ -16,7 +15,7 @@ SPEC = AttentionSpec(
     family="intervention",
     kind="layer",
     capabilities=Capabilities(causal=True, noncausal=True),
-    flops=dense_flops,
+    flops=source_qk_flops(batch_one=False),
     claims=("500M uniform: NLU 49.4 / WikiText PPL 79.9; hybrid: 51.8 / 38.7 (standard 51.9 / 38.1).",),
 )
 

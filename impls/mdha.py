@@ -22,10 +22,16 @@ def conv_flops(w: Workload, kernel_size: int, n_convs: int = 3) -> float:
     return 2.0 * kernel_size * n_convs * w.batch * w.seq_q * w.d_model
 
 
+def proj_flops(w: Workload, n_proj: float = 4, rows: float | None = None) -> float:
+    """`n_proj` `C × C` projections over `rows` tokens (default all `B·N`): `2·rows·C²` each."""
+    rows = w.batch * w.seq_q if rows is None else rows
+    return 2.0 * n_proj * rows * w.d_model * w.d_model
+
+
 def mdha_flops(w: Workload, params: Params) -> FlopCount:
-    """Dense attention core plus the three Q/K/V depthwise convs (projections excluded)."""
+    """Q/K/V/O projections `8·B·N·C²` + the three depthwise convs + the dense attention core."""
     core = dense_flops(w)
-    extra = conv_flops(w, params["kernel_size"])
+    extra = conv_flops(w, params["kernel_size"]) + proj_flops(w)
     return FlopCount(useful=core.useful + extra, executed=core.useful + extra, softmax=core.softmax)
 
 

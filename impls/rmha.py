@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
-from attnbench.impls.mdha import DepthwiseConv, conv_flops
+from attnbench.impls.mdha import DepthwiseConv, conv_flops, proj_flops
 from attnbench.impls.mha import causal_mask, dense_attention
 from torch import nn
 
@@ -25,11 +25,15 @@ def rel_flops(w: Workload, params: Params) -> FlopCount:
     """Content core `4·B·H·pairs·D` + positional `q·P` term.
 
     useful: `2·B·H·pairs·D` for the positional term; executed: `q·P_win` is computed for every
-    query and all `2N−1` offsets. Convs (RCMHA) add `2·k·3·B·N·C`. Projections are excluded.
+    query and all `2N−1` offsets. Plus Q/K/V/O projections `8·B·N·C²`, the sinusoidal table's
+    `W_R R` (`2·(2N−1)·C²`) and, for RCMHA, the convs `2·k·3·B·N·C`.
     """
     pairs = causal_pairs(w.seq_q, w.seq_kv) if w.causal else w.seq_q * w.seq_kv
     core = core_flops(w, pairs)
     conv = conv_flops(w, params["kernel_size"]) if params.get("conv") else 0.0
+    conv += proj_flops(w)
+    if params["rel_kind"] == "sinusoidal":
+        conv += proj_flops(w, 1, rows=2 * w.seq_kv - 1)
     useful = core + 2.0 * w.batch * w.heads_q * pairs * w.head_dim + conv
     executed = core + 2.0 * w.batch * w.heads_q * w.seq_q * (2 * w.seq_kv - 1) * w.head_dim + conv
     return FlopCount(useful=useful, executed=executed,

@@ -62,6 +62,8 @@ def test_sdpa_matches_reference_with_prior_rollout() -> None:
 
 def test_flops_and_no_causal_form() -> None:
     w = Workload(batch=1, heads_q=4, heads_kv=4, seq_q=100, seq_kv=100, head_dim=8)
-    assert dcal_flops(w, SPEC.params()).useful == 4 * 4 * 10 * 100 * 8 + 2 * 4 * 100 * 8
-    assert dcal_flops(w, SPEC.params({"branch": "pwca"})).useful == 4 * 4 * 100 * 200 * 8
+    c2 = 32 * 32
+    glca = 4 * 4 * 10 * 100 * 8 + 2 * 4 * 100 * 8 + 6 * 100 * c2 + 2 * 10 * c2
+    assert dcal_flops(w, SPEC.params()).useful == glca
+    assert dcal_flops(w, SPEC.params({"branch": "pwca"})).useful == 4 * 4 * 100 * 200 * 8 + 14 * 100 * c2
     assert SPEC.why_not(w.replace(causal=True), SPEC.params()) is not None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attnbench.impls.decon_rnd_qk import SPEC
 
 from attnbench.layers import build_layer
+from attnbench.spec import Workload
 
 C, N = 32, 20
 
@@ -35,3 +37,9 @@ def test_bound_source_replaces_the_noise() -> None:
     layer.set_qk_source(None)
     torch.testing.assert_close(layer(x), before)
     torch.testing.assert_close(_layer("sdpa")(x), before)
+
+
+def test_flops_count_the_qk_projections_once_per_batch() -> None:
+    w = Workload(batch=4, heads_q=4, heads_kv=4, seq_q=16, seq_kv=16, head_dim=8)
+    c2 = 32 * 32
+    assert SPEC.flops(w, SPEC.params()).useful == 4 * 4 * 4 * 16 * 16 * 8 + 4 * 4 * 16 * c2 + 4 * 16 * c2

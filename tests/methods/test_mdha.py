@@ -7,6 +7,7 @@ import torch
 from attnbench.impls.mdha import SPEC, mdha_flops
 from attnbench.impls.mha import causal_mask, dense_attention
 
+from attnbench.flops import counted_flops
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 
@@ -50,10 +51,17 @@ def test_kernel_sharing_shapes() -> None:
 @pytest.mark.parametrize("share", [True, False])
 def test_sdpa_matches_reference(share: bool) -> None:
     x = _x()
-    torch.testing.assert_close(_layer("sdpa", share_across_heads=share)(x), _layer(share_across_heads=share)(x))
+    fused = _layer("sdpa", share_across_heads=share)
+    torch.testing.assert_close(fused(x), _layer(share_across_heads=share)(x))
 
 
 def test_flops_formula() -> None:
     w = Workload(batch=2, heads_q=4, heads_kv=4, seq_q=128, seq_kv=128, head_dim=16)
     f = mdha_flops(w, SPEC.params())
-    assert f.useful == 4 * 2 * 4 * 128 * 128 * 16 + 2 * 3 * 3 * 2 * 128 * 64
+    assert f.useful == 4 * 2 * 4 * 128 * 128 * 16 + 2 * 3 * 3 * 2 * 128 * 64 + 8 * 2 * 128 * 64 * 64
+
+
+def test_counted_flops_match_the_formula() -> None:
+    w = Workload(batch=1, heads_q=4, heads_kv=4, seq_q=N, seq_kv=N, head_dim=C // 4)
+    layer, x = _layer(causal=False), _x()[:1]
+    assert counted_flops(lambda: layer(x)) == mdha_flops(w, SPEC.params()).useful

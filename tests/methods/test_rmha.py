@@ -9,6 +9,7 @@ import torch
 from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.impls.rmha import SPEC, rel_flops, rel_logits
 
+from attnbench.flops import counted_flops
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 
@@ -71,6 +72,14 @@ def test_check_and_flops() -> None:
     params = SPEC.params({"max_len": 64})
     assert "max_len" in SPEC.why_not(w, params)
     f = rel_flops(w, SPEC.params())
-    pairs = 128 * 129 // 2
-    assert f.useful == 4 * 4 * pairs * 16 + 2 * 4 * pairs * 16
-    assert f.executed == 4 * 4 * pairs * 16 + 2 * 4 * 128 * 255 * 16
+    pairs, proj = 128 * 129 // 2, 8 * 128 * 64 * 64
+    assert f.useful == 4 * 4 * pairs * 16 + 2 * 4 * pairs * 16 + proj
+    assert f.executed == 4 * 4 * pairs * 16 + 2 * 4 * 128 * 255 * 16 + proj
+    sin = rel_flops(w, SPEC.params({"rel_kind": "sinusoidal"}))
+    assert sin.useful == f.useful + 2 * 255 * 64 * 64
+
+
+def test_counted_flops_match_executed() -> None:
+    w = Workload(batch=1, heads_q=H, heads_kv=H, seq_q=N, seq_kv=N, head_dim=D)
+    layer, x = _layer(causal=False), _x()[:1]
+    assert counted_flops(lambda: layer(x)) == rel_flops(w, SPEC.params()).executed
