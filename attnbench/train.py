@@ -358,7 +358,7 @@ class ProxySuite:
         device = preset.device if preset.device not in ("", "auto") else "cpu"
         out = []
         for entry in methods:
-            for backend in s["backends"]:
+            for backend in self.backends(preset, s):
                 if Backend(backend) not in entry.impls or not preset.selects(entry.name, backend, self.name):
                     continue
                 params = params_json(method_params(section, entry))
@@ -367,6 +367,14 @@ class ProxySuite:
                         out.append(Case(self.name, entry.name, backend, w, params, int(seed), preset.name,
                                         self.version, json.dumps(opts, sort_keys=True)))
         return out
+
+    def backends(self, preset: Preset, s: dict[str, Any]) -> list[str]:
+        """Backends to train with: the suite section's `backends`, else an explicit (wildcard-free)
+        top-level selection such as `--backends sdpa`, else the tier default (`reference`)."""
+        if "backends" in preset.section(self.name):
+            return list(s["backends"])
+        top = list(preset.data.get("backends", ["*"]))
+        return top if not any(ch in p for p in top for ch in "*?[") else list(s["backends"])
 
     @staticmethod
     def model_config(case: Case, **kw: Any) -> ModelConfig:

@@ -169,3 +169,10 @@ def test_method_trains_in_proxy(method, suite):
         pytest.skip(why)
     m = metrics(s.run(case))
     assert m["steps"] >= 1 and math.isfinite(m["train_loss"])
+
+
+def test_explicit_top_level_backend_selection_is_honoured():
+    cases = SUITES.get("niah").cases(Preset("smoke", {"methods": ["mha"], "backends": ["sdpa"]}), METHODS)
+    assert [c.backend for c in cases] == ["sdpa"]
+    cases = SUITES.get("niah").cases(Preset("smoke", {"methods": ["mha"], "backends": ["*"]}), METHODS)
+    assert [c.backend for c in cases] == ["reference"]
