@@ -54,7 +54,9 @@ def last_noimg(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
 
 def reinforce(o: torch.Tensor, o_last_noimg: torch.Tensor, alpha: float, z: float) -> torch.Tensor:
     """Scale the selected heads of `o [B, H, N, D]` by alpha (VHD from its last row)."""
-    sel = select_heads(vhd(o[:, :, -1], o_last_noimg), z)
+    score = vhd(o[:, :, -1], o_last_noimg)
+    score = torch.where(score > 1e-6 * o[:, :, -1].double().norm(dim=-1), score, 0.0)  # rounding-level VHD is 0
+    sel = select_heads(score, z) & (score > 0)
     gain = 1 + (alpha - 1) * sel.to(o.dtype)
     return o * gain[..., None, None]
 
