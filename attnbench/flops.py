@@ -37,6 +37,12 @@ def dense_flops(w: Workload, params: Params | None = None) -> FlopCount:
                      softmax=SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * pairs)
 
 
+def projection_flops(w: Workload) -> float:
+    """Q, K, V and output projections of the generic attention layer on `x [B, N, C]`."""
+    c, kv = w.d_model, w.heads_kv * w.head_dim
+    return 2.0 * w.batch * w.seq_q * c * (2 * c + 2 * kv)
+
+
 def mask_flops(w: Workload, mask: torch.Tensor, *, block: tuple[int, int] = (128, 128)) -> FlopCount:
     """FLOPs of a boolean mask `[Nq, Nk]` or `[B|1, H|1, Nq, Nk]`.
 

@@ -3,6 +3,9 @@
 A preset section gives the grid: batch, heads, kv_heads, head_dim, seq_lens, dtypes, causal,
 modes, and `params.<method>` overrides. Every selected method × backend × workload becomes a
 Case; cells that can't run become unsupported/skipped rows at run time, never silent gaps.
+With `natural_mask` (default true), a method that has only one form (causal-only like MoBA,
+non-causal-only like Agent) is measured in that form instead of being skipped; its rows and its
+dense baseline say which form ran.
 """
 
 from __future__ import annotations
@@ -42,6 +45,16 @@ def method_params(section: dict[str, Any], entry: MethodEntry) -> dict[str, Any]
     return dict(overrides)
 
 
+def natural_form(entry: MethodEntry, w: Workload) -> Workload:
+    """`w` with its causal flag flipped when the method only has the other form."""
+    caps = entry.spec.capabilities
+    if w.causal and not caps.causal and caps.noncausal:
+        return w.replace(causal=False)
+    if not w.causal and not caps.noncausal and caps.causal:
+        return w.replace(causal=True)
+    return w
+
+
 class KernelSuite:
     """Base for suites whose cases are method × backend × workload."""
 
@@ -61,17 +74,21 @@ class KernelSuite:
     def cases(self, preset: Preset, methods: Registry[MethodEntry]) -> list[Case]:
         section, device = preset.section(self.name), preset.device
         options = json.dumps(self.options(section), sort_keys=True)
-        out = []
+        out: dict[str, Case] = {}
+        natural = bool(section.get("natural_mask", True))
         for entry in methods:
             params = method_params(section, entry)
             for backend in entry.backends:
                 if not preset.selects(entry.name, backend.value, self.name):
                     continue
                 for w in self.case_workloads(section, device):
-                    out.append(Case(self.name, entry.name, backend.value, w, params_json(params),
-                                    seed=int(section.get("seed", 0)), preset=preset.name,
-                                    suite_version=self.version, options=options))
-        return out
+                    if natural:
+                        w = natural_form(entry, w)
+                    case = Case(self.name, entry.name, backend.value, w, params_json(params),
+                                seed=int(section.get("seed", 0)), preset=preset.name,
+                                suite_version=self.version, options=options)
+                    out.setdefault(case.case_id, case)
+        return list(out.values())
 
     def case_workloads(self, section: dict[str, Any], device: str) -> list[Workload]:
         return workloads(section, device)

@@ -244,8 +244,9 @@ class AttentionSpec:
         if w.dtype not in caps.dtypes:
             return f"{self.name} does not support {w.dtype}"
         dims = len(w.spatial) if w.spatial else 1
-        if dims not in caps.dims:
-            return f"{self.name} takes {caps.dims}-D token grids, not {dims}-D"
+        if dims not in caps.dims:  # the method's own check usually says more (e.g. "N is not a square")
+            own = self.check(w, params) if self.check else None
+            return own or f"{self.name} takes {'/'.join(map(str, caps.dims))}-D token grids, not {dims}-D"
         return self.check(w, params) if self.check else None
 
 

@@ -73,51 +73,55 @@ def bench(fn: Callable[[], Any], *, device: str = "cpu", min_time_s: float = 0.2
         warmup_s: warm-up budget (at least one call, at most max_warmup).
         cuda_graphs: capture `fn` once in a CUDA graph and time replays.
     """
-    if device.startswith("cuda"):
-        return _bench_cuda(fn, min_time_s, max_reps, min_reps, warmup_s, max_warmup, cuda_graphs)
-    _warmup(fn, device, warmup_s, max_warmup)
-    samples: list[float] = []
+    return bench_interleaved([fn], device=device, min_time_s=min_time_s, max_reps=max_reps,
+                             min_reps=min_reps, warmup_s=warmup_s, max_warmup=max_warmup,
+                             cuda_graphs=cuda_graphs)[0]
+
+
+def bench_interleaved(fns: list[Callable[[], Any]], *, device: str = "cpu", min_time_s: float = 0.2,
+                      max_reps: int = 100, min_reps: int = 3, warmup_s: float = 0.05, max_warmup: int = 10,
+                      cuda_graphs: bool = False) -> list[Timing]:
+    """Time several callables in alternating rounds (A B A B …), so machine noise hits all alike.
+
+    The repetition budget (`min_time_s`, `max_reps`) is driven by the first callable.
+    """
+    cuda = device.startswith("cuda")
+    runs = [_capture(fn, device, warmup_s, max_warmup, cuda and cuda_graphs) for fn in fns]
+    flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if cuda else None
+    samples: list[list[float]] = [[] for _ in fns]
     total = 0.0
-    while len(samples) < max_reps and (total < min_time_s * 1e3 or len(samples) < min_reps):
-        ms = time_once(fn, device)
-        samples.append(ms)
-        total += ms
-    return Timing(tuple(samples))
+    while len(samples[0]) < max_reps and (total < min_time_s * 1e3 or len(samples[0]) < min_reps):
+        for run, out in zip(runs, samples, strict=True):
+            out.append(_sample_cuda(run, flush) if flush is not None else time_once(run, device))
+        total += samples[0][-1]
+    return [Timing(tuple(s)) for s in samples]
 
 
-def _warmup(fn: Callable[[], Any], device: str, warmup_s: float, max_warmup: int) -> None:
+def _capture(fn: Callable[[], Any], device: str, warmup_s: float, max_warmup: int,
+             graph: bool) -> Callable[[], Any]:
+    """Warm `fn` up; with `graph`, capture it in a CUDA graph and return the replay."""
     spent, calls = 0.0, 0
     while calls < 1 or (spent < warmup_s * 1e3 and calls < max_warmup):
         spent += time_once(fn, device)
         calls += 1
+    if not graph:
+        return fn
+    cuda_graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(cuda_graph):
+        fn()
+    return cuda_graph.replay
 
 
-def _bench_cuda(fn: Callable[[], Any], min_time_s: float, max_reps: int, min_reps: int,
-                warmup_s: float, max_warmup: int, cuda_graphs: bool) -> Timing:
-    _warmup(fn, "cuda", warmup_s, max_warmup)
-    if cuda_graphs:
-        graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        with torch.cuda.graph(graph):
-            fn()
-        run: Callable[[], Any] = graph.replay
-    else:
-        run = fn
-    flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
-    samples: list[float] = []
-    total = 0.0
-    while len(samples) < max_reps and (total < min_time_s * 1e3 or len(samples) < min_reps):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        ms = start.elapsed_time(end)
-        samples.append(ms)
-        total += ms
-    return Timing(tuple(samples))
+def _sample_cuda(run: Callable[[], Any], flush: torch.Tensor) -> float:
+    flush.zero_()  # evict L2 so every repetition starts cold, as real layers do
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return float(start.elapsed_time(end))

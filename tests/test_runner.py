@@ -118,3 +118,14 @@ def make_plan(args: list[str]) -> list:
     preset = load_preset("smoke", ['suites=["latency","flops"]', 'methods=["mha"]', "timing.min_time_s=0.3",
                                    "shapes.seq_lens=[64,128]"])
     return Runner(preset, Path("/nonexistent")).plan()
+
+
+def test_single_form_methods_run_in_their_natural_form(tmp_path: Path) -> None:
+    preset = load_preset("smoke", [*FAST, 'suites=["latency"]', 'methods=["mha","moba"]',
+                                   'shapes.causal=[false]'])
+    cases = Runner(preset, tmp_path).plan()
+    assert {c.workload.causal for c in cases if c.method == "moba"} == {True}
+    assert {c.workload.causal for c in cases if c.method == "mha"} == {False}
+    off = load_preset("smoke", [*FAST, 'suites=["latency"]', 'methods=["moba"]', 'shapes.causal=[false]',
+                                "suite.latency.natural_mask=false"])
+    assert {c.workload.causal for c in Runner(off, tmp_path).plan()} == {False}
