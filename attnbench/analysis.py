@@ -216,7 +216,8 @@ def head_hunter(model: nn.Module, objective: Callable[[nn.Module], float], *, ro
 
     def score(heads: list[tuple[int, int]]) -> float:
         per = {li: {"heads": sorted(h for lj, h in heads if lj == li)} for li in {lj for lj, _ in heads}}
-        return float(objective(apply_intervention(model, method, params, layers=per)))
+        with torch.no_grad():
+            return float(objective(apply_intervention(model, method, params, layers=per)))
 
     for r in range(rounds):
         cands = [(li, h) for li, lay in enumerate(layers) for h in range(lay.n_heads) if (li, h) not in chosen]

@@ -1,0 +1,84 @@
+"""POPE / CHAIR scorers against hand-computed examples; Shapes-VLM generator; a tiny suite run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from attnbench import hallucination as hal
+from attnbench.presets import Preset
+from attnbench.registry import METHODS, SUITES
+
+
+def test_pope_parse_and_scores(tmp_path):
+    assert hal.parse_yes_no("No, there is not.") == "no"
+    assert hal.parse_yes_no("Yes. There is no dog.") == "yes"  # only the text before the first '.'
+    assert hal.parse_yes_no("There is not a dog") == "no"
+    assert hal.parse_yes_no("Nope, not at all", strict=True) == "yes"
+    labels = ["yes", "yes", "no", "no", "yes"]
+    answers = ["Yes.", "No.", "Yes, there is.", "No", "yes"]
+    qf, af = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
+    qf.write_text("\n".join(json.dumps({"question_id": i, "image": f"{i}.jpg", "text": f"Is there a x{i}?",
+                                        "label": lab}) for i, lab in enumerate(labels)))
+    af.write_text("\n".join(json.dumps({"question": f"Is there a x{i}?", "answer": a}) for i, a in enumerate(answers)))
+    s = hal.pope_files(qf, af)
+    # tp = 2 (0, 4), fn = 1 (1), fp = 1 (2), tn = 1 (3)
+    assert (s["tp"], s["fn"], s["fp"], s["tn"]) == (2, 1, 1, 1)
+    assert s["acc"] == pytest.approx(3 / 5) and s["precision"] == pytest.approx(2 / 3)
+    assert s["recall"] == pytest.approx(2 / 3) and s["f1"] == pytest.approx(2 / 3)
+    assert s["yes_ratio"] == pytest.approx(3 / 5)
+    bad = [{"question": "Is there a cat?", "answer": "yes"}] * 5
+    with pytest.raises(ValueError):
+        hal.pope_score(hal.read_jsonl(qf), bad)
+
+
+def test_pope_matches_by_question_id():
+    qs = [{"question_id": 1, "label": "yes"}, {"question_id": 2, "label": "no"}]
+    ans = [{"question_id": 2, "text": "no"}, {"question_id": 1, "text": "yes"}]
+    assert hal.pope_score(qs, ans)["acc"] == 1.0
+
+
+def test_chair_hand_example(tmp_path):
+    caps = [{"image_id": 1, "caption": "A man rides a bike next to two dogs."},
+            {"image_id": 2, "caption": "A cat sleeps on a sofa near a laptop."},
+            {"image_id": 3, "caption": "A toilet seat and a sink."}]
+    gt = tmp_path / "gt.jsonl"
+    gt.write_text("\n".join(json.dumps(r) for r in [{"image_id": 1, "objects": ["person", "bicycle", "car"]},
+                                                    {"image_id": 2, "objects": ["cat", "couch"]},
+                                                    {"image_id": 3, "objects": ["toilet", "sink"]}]))
+    r = hal.chair_score(caps, hal.load_gt_objects(gt_jsonl=gt))
+    # mentions: [person, bicycle, dog] [cat, couch, laptop] [toilet, sink]: 8, hallucinated: dog, laptop
+    assert r.hallucinated == [["dog"], ["laptop"], []]
+    assert r.chair_i == pytest.approx(2 / 8) and r.chair_s == pytest.approx(2 / 3)
+    assert r.recall == pytest.approx((2 + 2 + 2) / (3 + 2 + 2))
+
+
+def test_chair_text_rules():
+    assert hal.caption_objects("a baby elephant with children") == ["elephant", "person"]
+    assert hal.caption_objects("the hot dogs and a wine glass") == ["hot dog", "wine glass"]
+    assert hal.caption_objects("two dogs, two dogs") == ["dog", "dog"]  # mentions are not de-duplicated
+
+
+def test_scenes_and_pope_questions():
+    cfg = hal.SceneConfig()
+    img, objs = hal.scenes(np.random.default_rng(0), cfg, 64, min_objects=2)
+    assert img.shape == (64, 32, 32, 3) and 0.0 <= img.min() and img.max() <= 1.0
+    assert all(2 <= len(o) <= 4 and o == sorted(set(o)) for o in objs)
+    for split in ("random", "popular", "adversarial"):
+        qs = hal.pope_questions(np.random.default_rng(1), objs, 10, split)
+        assert len(qs) == 4 * 64 and sum(q[2] == "yes" for q in qs) == 2 * 64
+        assert all((q[1] in objs[q[0]]) == (q[2] == "yes") for q in qs)
+
+
+def test_tiny_suite_run_and_intervention():
+    s = SUITES.get("hallucination")
+    tiny = dict(steps=3, n_pool=64, pope_images=8, chair_images=8, d_model=16, batch_size=8, wall_cap_s=1e9)
+    base = s.cases(Preset("smoke", {"suite": {"hallucination": {"methods": ["mha"], **tiny}}}), METHODS)[0]
+    rows = {r.metric: r.value for r in s.run(base)}
+    assert 0.0 <= rows["pope_adversarial_f1"] <= 1.0 and "pope_random_acc_blind" in rows and "chair_s" in rows
+    case = s.cases(Preset("smoke", {"suite": {"hallucination": {"methods": ["var"], **tiny}}}), METHODS)[0]
+    got = {r.metric: r.value for r in s.run(case)}
+    assert "delta_chair_s" in got and got["steps"] == rows["steps"]
+    assert s.applies_to(METHODS.get("consistedit"), "reference")  # needs paired branches
