@@ -23,10 +23,33 @@ import pandas as pd
 from attnbench import results
 
 SUITE = "pytest_benchmark"
-_INT_COLUMNS = {"batch", "heads", "kv_heads", "seq_len", "seq_kv", "head_dim", "num_threads", "seed",
-                "suite_version"}
-_FIXED = {"run_id", "created_at", "suite", "case_id", "metric", "value", "unit", "stat", "n", "p20",
-          "p80", "samples", "status", "error"}
+_INT_COLUMNS = {
+    "batch",
+    "heads",
+    "kv_heads",
+    "seq_len",
+    "seq_kv",
+    "head_dim",
+    "num_threads",
+    "seed",
+    "suite_version",
+}
+_FIXED = {
+    "run_id",
+    "created_at",
+    "suite",
+    "case_id",
+    "metric",
+    "value",
+    "unit",
+    "stat",
+    "n",
+    "p20",
+    "p80",
+    "samples",
+    "status",
+    "error",
+}
 
 
 class BenchJsonError(ValueError):
@@ -65,10 +88,22 @@ def rows_from_benchmark_json(path: str | os.PathLike[str]) -> list[dict[str, Any
     run_id = "pb-" + hashlib.sha1(f"{path.resolve()}|{doc.get('datetime')}".encode()).hexdigest()[:12]
     cpu = machine.get("cpu") or {}
     base: dict[str, Any] = dict.fromkeys(results.COLUMNS)
-    base.update(run_id=run_id, created_at=created, suite=SUITE, suite_version=1, status="ok", error="",
-                device_kind="cpu", device_name=str(cpu.get("brand_raw") or machine.get("processor") or ""),
-                hostname=str(machine.get("node") or ""), git_sha=str(commit.get("id") or "")[:12],
-                preset="pytest-benchmark", unit="ms", stat="median", metric="latency_ms")
+    base.update(
+        run_id=run_id,
+        created_at=created,
+        suite=SUITE,
+        suite_version=1,
+        status="ok",
+        error="",
+        device_kind="cpu",
+        device_name=str(cpu.get("brand_raw") or machine.get("processor") or ""),
+        hostname=str(machine.get("node") or ""),
+        git_sha=str(commit.get("id") or "")[:12],
+        preset="pytest-benchmark",
+        unit="ms",
+        stat="median",
+        metric="latency_ms",
+    )
     rows = []
     for bench in doc["benchmarks"]:
         stats = bench.get("stats") or {}
@@ -94,8 +129,13 @@ def rows_from_benchmark_json(path: str | os.PathLike[str]) -> list[dict[str, Any
         row["value"] = _ms(stats.get("median"))
         row["n"] = int(stats.get("rounds") or len(data) or 0)
         if row["value"] is None:
-            row.update(status="error", error="benchmark has no median (did it fail?)", metric="status",
-                       unit="", stat="value")
+            row.update(
+                status="error",
+                error="benchmark has no median (did it fail?)",
+                metric="status",
+                unit="",
+                stat="value",
+            )
         rows.append(row)
     return rows
 
@@ -106,8 +146,22 @@ def _ms(seconds: Any) -> float | None:
 
 # Columns that identify one row of a run: a case may emit several rows per metric (Row.extra
 # overrides seq_len/params, e.g. NIAH per context length and depth), so dedupe on all of them.
-ROW_IDENTITY = ["run_id", "case_id", "metric", "stat", "batch", "heads", "kv_heads", "seq_len", "seq_kv",
-                "head_dim", "dtype", "causal", "mode", "params"]
+ROW_IDENTITY = [
+    "run_id",
+    "case_id",
+    "metric",
+    "stat",
+    "batch",
+    "heads",
+    "kv_heads",
+    "seq_len",
+    "seq_kv",
+    "head_dim",
+    "dtype",
+    "causal",
+    "mode",
+    "params",
+]
 
 
 def _files(paths: Iterable[Path]) -> list[Path]:

@@ -35,19 +35,64 @@ from attnbench.results import SchemaError
 LOWER, HIGHER = "lower", "higher"
 # Measured timings (and rates derived from them): only significant given samples, spread or replicates.
 TIMED = {"latency_ms", "setup_ms", "tflops", "pct_peak", "speedup_vs_dense", "realisation"}
-_DIRECTION = {"latency_ms": LOWER, "setup_ms": LOWER, "peak_mem_bytes": LOWER, "mse": LOWER, "loss": LOWER,
-              "accuracy": HIGHER, "top1": HIGHER, "top5": HIGHER, "tflops": HIGHER, "pct_peak": HIGHER,
-              "speedup_vs_dense": HIGHER, "realisation": HIGHER}
-# Analytic or diagnostic metrics: reported by the site, not gated (numerics are gated by status `wrong`).
-INFO = {"status", "flops_useful", "flops_executed", "flops_counted", "flops_counted_ratio",
-        "attn_matrix_bytes", "kv_cache_bytes", "speedup_bound", "cost_exponent", "max_abs_err",
-        "max_rel_err", "grad_max_abs_err"}
+_DIRECTION = {
+    "latency_ms": LOWER,
+    "setup_ms": LOWER,
+    "peak_mem_bytes": LOWER,
+    "mse": LOWER,
+    "accuracy": HIGHER,
+    "top1": HIGHER,
+    "top5": HIGHER,
+    "tflops": HIGHER,
+    "pct_peak": HIGHER,
+    "speedup_vs_dense": HIGHER,
+    "realisation": HIGHER,
+    "chair_i": LOWER,
+    "chair_s": LOWER,
+}
+# Analytic, diagnostic or training-bookkeeping metrics: shown by the site, not gated (numerics are
+# gated by the status `wrong`; training outcomes by their accuracy/error metrics).
+INFO = {
+    "status",
+    "flops_useful",
+    "flops_executed",
+    "flops_counted",
+    "flops_counted_ratio",
+    "attn_matrix_bytes",
+    "kv_cache_bytes",
+    "speedup_bound",
+    "cost_exponent",
+    "max_abs_err",
+    "max_rel_err",
+    "grad_max_abs_err",
+    "train_loss",
+    "steps",
+    "steps_to_target",
+    "truncated",
+    "wall_s",
+    "params",
+}
+_HIGHER_WORDS = re.compile(r"(^|_)(acc|accuracy|top1|top5|f1|precision|recall|tflops)($|_)")
 # Differences below these are never regressions (page-granular RSS, one accuracy point).
-FLOOR = {"bytes": float(1 << 20), "accuracy": 0.01, "top1": 0.01, "top5": 0.01}
+FLOOR_BYTES, FLOOR_FRACTION = float(1 << 20), 0.01
 FAILED = {"wrong", "oom", "error", "timeout", "unsupported"}
 # Columns that identify a row within its case (Row.extra may override shape columns).
-_KEY = ["suite", "case_id", "metric", "stat", "batch", "heads", "kv_heads", "seq_len", "seq_kv", "head_dim",
-        "dtype", "causal", "mode", "params"]
+_KEY = [
+    "suite",
+    "case_id",
+    "metric",
+    "stat",
+    "batch",
+    "heads",
+    "kv_heads",
+    "seq_len",
+    "seq_kv",
+    "head_dim",
+    "dtype",
+    "causal",
+    "mode",
+    "params",
+]
 _ENV = ["device_name", "torch_version", "triton_version", "num_threads"]
 _BOOT = 2000
 
@@ -57,16 +102,18 @@ class GateInputError(ValueError):
 
 
 def direction(metric: str, unit: str = "") -> str | None:
-    """`lower`/`higher` is better, or None for metrics that are not gated."""
-    if metric in INFO or "err" in metric or metric.startswith("flops"):
-        return None
+    """`lower`/`higher` is better, or None for metrics that are not gated (the site uses it too)."""
     if metric in _DIRECTION:
         return _DIRECTION[metric]
-    if unit in ("ms", "s", "us", "bytes") or metric.endswith(("_ms", "_s", "_bytes")):
+    if metric.startswith("icl_mse/"):  # model error over a baseline's
         return LOWER
-    if "mse" in metric or "loss" in metric:
+    if metric in INFO or "err" in metric or metric.startswith(("flops", "delta_")) or unit == "ratio":
+        return None
+    if unit in ("ms", "s", "us", "bytes") or metric.endswith(("_ms", "_bytes")):
         return LOWER
-    if metric.endswith(("accuracy", "_acc", "top1", "top5", "tflops")):
+    if "mse" in metric or "loss" in metric or unit == "mse":
+        return LOWER
+    if _HIGHER_WORDS.search(metric):
         return HIGHER
     return None
 
@@ -96,8 +143,18 @@ class Entry:
         return f"{self.suite}: {self.method}/{self.backend} {self.workload}"
 
 
-_ORDER = ["regression", "failed", "vanished", "noisy", "improvement", "fixed", "new", "still_failing",
-          "untested", "unchanged"]
+_ORDER = [
+    "regression",
+    "failed",
+    "vanished",
+    "noisy",
+    "improvement",
+    "fixed",
+    "new",
+    "still_failing",
+    "untested",
+    "unchanged",
+]
 _SHOWN = ["regression", "failed", "vanished", "noisy", "improvement", "fixed", "new", "still_failing"]
 
 
@@ -126,15 +183,19 @@ class Comparison:
 
     def shown(self) -> list[Entry]:
         rank = {v: i for i, v in enumerate(_ORDER)}
-        return sorted((e for e in self.entries if e.verdict in _SHOWN),
-                      key=lambda e: (rank[e.verdict], -(e.factor or 0), e.label, e.metric))
+        return sorted(
+            (e for e in self.entries if e.verdict in _SHOWN),
+            key=lambda e: (rank[e.verdict], -(e.factor or 0), e.label, e.metric),
+        )
 
     def headline(self) -> str:
         status = "REGRESSION" if self.exit_code else "OK"
         counts = ", ".join(f"{v} {k}" for k, v in self.counts().items())
         mode = f"ratios to {self.baseline} (machine mismatch)" if self.normalised else "direct"
-        return (f"{status}: {self.head_label} vs {self.base_label} — {counts or 'nothing compared'} "
-                f"(threshold ×{self.threshold:g}, alpha {self.alpha:g}, {mode})")
+        return (
+            f"{status}: {self.head_label} vs {self.base_label} — {counts or 'nothing compared'} "
+            f"(threshold ×{self.threshold:g}, alpha {self.alpha:g}, {mode})"
+        )
 
     def render(self, console: Console) -> None:
         for w in self.warnings:
@@ -144,11 +205,25 @@ class Comparison:
             table = Table(title=f"attnbench compare: {self.head_label} vs {self.base_label}")
             for col in ("verdict", "case", "metric", "base", "head", "worse ×", "p", "note"):
                 table.add_column(col, overflow="fold")
-            style = {"regression": "red", "failed": "red", "improvement": "green", "fixed": "green",
-                     "noisy": "yellow", "vanished": "yellow"}
+            style = {
+                "regression": "red",
+                "failed": "red",
+                "improvement": "green",
+                "fixed": "green",
+                "noisy": "yellow",
+                "vanished": "yellow",
+            }
             for e in rows:
-                table.add_row(f"[{style.get(e.verdict, 'white')}]{e.verdict}[/]", e.label, e.metric,
-                              _fmt(e.base), _fmt(e.head), _fmt(e.factor), _fmt(e.p_value), e.note)
+                table.add_row(
+                    f"[{style.get(e.verdict, 'white')}]{e.verdict}[/]",
+                    e.label,
+                    e.metric,
+                    _fmt(e.base),
+                    _fmt(e.head),
+                    _fmt(e.factor),
+                    _fmt(e.p_value),
+                    e.note,
+                )
             console.print(table)
         console.print(("[red]" if self.exit_code else "[green]") + self.headline() + "[/]", highlight=False)
 
@@ -158,18 +233,36 @@ class Comparison:
         lines += [f"> ⚠️ {_md(w)}" for w in self.warnings]
         rows = self.shown()
         if rows:
-            lines += ["", "| verdict | case | metric | base | head | worse × | p | note |",
-                      "|---|---|---|---:|---:|---:|---:|---|"]
-            lines += [f"| {e.verdict} | {_md(e.label)} | {_md(e.metric)} | {_fmt(e.base)} | {_fmt(e.head)} | "
-                      f"{_fmt(e.factor)} | {_fmt(e.p_value)} | {_md(e.note)} |" for e in rows]
+            lines += [
+                "",
+                "| verdict | case | metric | base | head | worse × | p | note |",
+                "|---|---|---|---:|---:|---:|---:|---|",
+            ]
+            lines += [
+                f"| {e.verdict} | {_md(e.label)} | {_md(e.metric)} | {_fmt(e.base)} | {_fmt(e.head)} | "
+                f"{_fmt(e.factor)} | {_fmt(e.p_value)} | {_md(e.note)} |"
+                for e in rows
+            ]
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> str:
-        return json.dumps({"exit_code": self.exit_code, "headline": self.headline(), "counts": self.counts(),
-                           "threshold": self.threshold, "alpha": self.alpha, "normalised": self.normalised,
-                           "baseline": self.baseline, "base": self.base_label, "head": self.head_label,
-                           "warnings": self.warnings, "entries": [asdict(e) for e in self.entries]},
-                          indent=2, default=_json_default)
+        return json.dumps(
+            {
+                "exit_code": self.exit_code,
+                "headline": self.headline(),
+                "counts": self.counts(),
+                "threshold": self.threshold,
+                "alpha": self.alpha,
+                "normalised": self.normalised,
+                "baseline": self.baseline,
+                "base": self.base_label,
+                "head": self.head_label,
+                "warnings": self.warnings,
+                "entries": [asdict(e) for e in self.entries],
+            },
+            indent=2,
+            default=_json_default,
+        )
 
 
 def _json_default(x: Any) -> Any:
@@ -185,8 +278,14 @@ def _fmt(x: float | None) -> str:
 
 
 def _md(s: str) -> str:
-    return (s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-            .replace("`", "\\`").replace("\n", " "))
+    return (
+        s.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("|", "\\|")
+        .replace("`", "\\`")
+        .replace("\n", " ")
+    )
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -303,14 +402,17 @@ def _case_status(rows: pd.DataFrame) -> tuple[str, str]:
     return str(pick["status"]), str(pick["error"] or "")
 
 
-def _compare_frames(base: pd.DataFrame, head: pd.DataFrame, *, threshold: float, alpha: float,
-                    baseline: str) -> Comparison:
+def _compare_frames(
+    base: pd.DataFrame, head: pd.DataFrame, *, threshold: float, alpha: float, baseline: str
+) -> Comparison:
     warnings: list[str] = []
     mismatch = _env_mismatch(base, head)
     normalised = bool(mismatch)
     if normalised:
-        warnings.append("machine/library mismatch (" + "; ".join(mismatch) + f"): timings are compared as "
-                        f"ratios to {baseline} measured in the same run")
+        warnings.append(
+            "machine/library mismatch (" + "; ".join(mismatch) + f"): timings are compared as "
+            f"ratios to {baseline} measured in the same run"
+        )
         if not ((base["method"] + "/" + base["backend"]) == baseline).any():
             warnings.append(f"baseline {baseline} is absent from base: timings cannot be compared")
     elif base["device_name"].nunique() > 1:
@@ -321,12 +423,23 @@ def _compare_frames(base: pd.DataFrame, head: pd.DataFrame, *, threshold: float,
 
     entries: list[Entry] = []
     b_cases, h_cases = set(base["case_id"]), set(head["case_id"])
-    for side, cases, df, verdict in (("base", b_cases - h_cases, base, "vanished"),
-                                     ("head", h_cases - b_cases, head, "new")):
+    for side, cases, df, verdict in (
+        ("base", b_cases - h_cases, base, "vanished"),
+        ("head", h_cases - b_cases, head, "new"),
+    ):
         for cid in sorted(cases):
             r = df[df["case_id"] == cid].iloc[0]
-            entries.append(Entry(verdict, r["suite"], r["method"], r["backend"], str(r["workload_id"]), "*",
-                                 note=f"case {cid} only in {side}"))
+            entries.append(
+                Entry(
+                    verdict,
+                    r["suite"],
+                    r["method"],
+                    r["backend"],
+                    str(r["workload_id"]),
+                    "*",
+                    note=f"case {cid} only in {side}",
+                )
+            )
     common = b_cases & h_cases
     bg = {k: g for k, g in base[base["case_id"].isin(common)].groupby("case_id")}
     hg = {k: g for k, g in head[head["case_id"].isin(common)].groupby("case_id")}
@@ -355,14 +468,27 @@ def _compare_frames(base: pd.DataFrame, head: pd.DataFrame, *, threshold: float,
             d = direction(metric, unit)
             if d is None or key not in bkeys:
                 continue
-            entries.append(_compare_metric(bkeys[key], hk, ident, metric, unit, d, threshold, alpha,
-                                           bscale, hscale, baseline))
+            entries.append(
+                _compare_metric(
+                    bkeys[key], hk, ident, metric, unit, d, threshold, alpha, bscale, hscale, baseline
+                )
+            )
     return Comparison(entries, warnings, threshold, alpha, normalised, baseline)
 
 
-def _compare_metric(brows: pd.DataFrame, hrows: pd.DataFrame, ident: tuple[str, str, str, str], metric: str,
-                    unit: str, d: str, threshold: float, alpha: float, bscale: pd.Series | None,
-                    hscale: pd.Series | None, baseline: str) -> Entry:
+def _compare_metric(
+    brows: pd.DataFrame,
+    hrows: pd.DataFrame,
+    ident: tuple[str, str, str, str],
+    metric: str,
+    unit: str,
+    d: str,
+    threshold: float,
+    alpha: float,
+    bscale: pd.Series | None,
+    hscale: pd.Series | None,
+    baseline: str,
+) -> Entry:
     timed = is_timed(metric, unit)
     relative = timed and bscale is not None and metric not in ("speedup_vs_dense", "realisation")
     note = ""
@@ -385,7 +511,13 @@ def _compare_metric(brows: pd.DataFrame, hrows: pd.DataFrame, ident: tuple[str, 
         factor = hc / bc if d == LOWER else bc / hc
     if d == HIGHER and bc > 0 and hc <= 0:
         factor = float("inf")
-    floor = FLOOR.get(metric, FLOOR["bytes"] if metric.endswith("_bytes") or unit == "bytes" else 0.0)
+    floor = (
+        FLOOR_BYTES
+        if metric.endswith("_bytes") or unit == "bytes"
+        else FLOOR_FRACTION
+        if unit == "fraction" or d == HIGHER and _HIGHER_WORDS.search(metric) and "tflops" not in metric
+        else 0.0
+    )
     big = factor > threshold and abs(hc - bc) >= floor
     better = factor < 1 / threshold and abs(hc - bc) >= floor
     p, how = significance(b, h, worse_is_higher=(d == LOWER), timed=timed)
@@ -401,8 +533,14 @@ def _compare_metric(brows: pd.DataFrame, hrows: pd.DataFrame, ident: tuple[str, 
     return Entry(verdict, *ident, metric, bc, hc, factor, p, note)
 
 
-def compare(base: Sequence[str | os.PathLike[str]], head: Sequence[str | os.PathLike[str]], *,
-            threshold: float = 1.10, alpha: float = 0.05, baseline: str = "mha/sdpa") -> Comparison:
+def compare(
+    base: Sequence[str | os.PathLike[str]],
+    head: Sequence[str | os.PathLike[str]],
+    *,
+    threshold: float = 1.10,
+    alpha: float = 0.05,
+    baseline: str = "mha/sdpa",
+) -> Comparison:
     """Compare HEAD results with BASE results (folders, Parquet or pytest-benchmark JSON files).
 
     Every run of a case (from the same git sha as its latest run) counts as a replicate.
@@ -467,15 +605,25 @@ _RUN = "import sys; sys.argv[0] = 'attnbench'; from attnbench.cli import app; ap
 
 def _check_shim(shim: Path, src: Path) -> None:
     probe = "import attnbench, attnbench.impls, os; print(os.path.realpath(attnbench.impls.__path__[0]))"
-    out = subprocess.run([sys.executable, "-P", "-c", probe], env=_side_env(shim), capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", probe], env=_side_env(shim), capture_output=True, text=True
+    )
     got = out.stdout.strip()
     if out.returncode or not got.startswith(str(src.resolve())):
         raise GateInputError(f"cannot import attnbench from {src} (got {got or out.stderr.strip()[-300:]})")
 
 
-def ab_compare(ref: str, *, run_args: list[str], repo: str | os.PathLike[str] = ".", rounds: int = 3,
-               threshold: float = 1.10, alpha: float = 0.05, baseline: str = "mha/sdpa",
-               console: Console | None = None) -> Comparison:
+def ab_compare(
+    ref: str,
+    *,
+    run_args: list[str],
+    repo: str | os.PathLike[str] = ".",
+    rounds: int = 3,
+    threshold: float = 1.10,
+    alpha: float = 0.05,
+    baseline: str = "mha/sdpa",
+    console: Console | None = None,
+) -> Comparison:
     """Run `attnbench run <run_args>` on commit `ref` and on the working tree, interleaved, then compare.
 
     The base commit is checked out as a git worktree and imported through PYTHONPATH, so its own
@@ -501,16 +649,20 @@ def ab_compare(ref: str, *, run_args: list[str], repo: str | os.PathLike[str] = 
             _check_shim(sides["head"], repo)
             outs: dict[str, list[Path]] = {"base": [], "head": []}
             for r in range(rounds):
-                for name in (("base", "head") if r % 2 == 0 else ("head", "base")):
+                for name in ("base", "head") if r % 2 == 0 else ("head", "base"):
                     out = tmp / name / f"round{r}"
-                    log.print(f"[bold]ab round {r + 1}/{rounds}[/bold]: {name} "
-                              f"({short if name == 'base' else 'working tree'})", highlight=False)
+                    log.print(
+                        f"[bold]ab round {r + 1}/{rounds}[/bold]: {name} "
+                        f"({short if name == 'base' else 'working tree'})",
+                        highlight=False,
+                    )
                     _run_side(sides[name], run_args, out)
                     outs[name].append(out)
             cmp = compare(outs["base"], outs["head"], threshold=threshold, alpha=alpha, baseline=baseline)
         finally:
-            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)],
-                           capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)], capture_output=True
+            )
             subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True)
     cmp.base_label, cmp.head_label = f"{ref} ({short})", "working tree"
     cmp.warnings.insert(0, f"A/B: {rounds} interleaved rounds of `attnbench run {shlex.join(run_args)}`")

@@ -15,20 +15,51 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attnbench import gate
+
 SHAPE = ["batch", "heads", "head_dim", "dtype", "causal", "mode", "seq_len"]
 KERNEL_SUITES = ("latency", "memory", "flops", "correctness", "scaling")
 DENSE = "mha/sdpa"
 # Known metrics in display order, with short labels; unknown metrics follow, alphabetically.
 METRIC_LABELS = {
-    "latency_ms": "latency", "setup_ms": "setup", "tflops": "TFLOP/s", "pct_peak": "% of peak",
-    "speedup_vs_dense": "speedup vs dense", "speedup_bound": "speedup bound", "realisation": "realisation",
-    "peak_mem_bytes": "peak memory", "attn_matrix_bytes": "attn matrix", "kv_cache_bytes": "KV cache",
-    "flops_useful": "FLOPs useful", "flops_executed": "FLOPs executed", "flops_counted": "FLOPs counted",
-    "flops_counted_ratio": "counted / analytic", "max_abs_err": "max abs err", "max_rel_err": "max rel err",
-    "grad_max_abs_err": "grad max abs err", "cost_exponent": "cost exponent", "accuracy": "accuracy",
-    "top1": "top-1", "mse": "MSE",
+    "latency_ms": "latency",
+    "setup_ms": "setup",
+    "tflops": "TFLOP/s",
+    "pct_peak": "% of peak",
+    "speedup_vs_dense": "speedup vs dense",
+    "speedup_bound": "speedup bound",
+    "realisation": "realisation",
+    "peak_mem_bytes": "peak memory",
+    "attn_matrix_bytes": "attn matrix",
+    "kv_cache_bytes": "KV cache",
+    "flops_useful": "FLOPs useful",
+    "flops_executed": "FLOPs executed",
+    "flops_counted": "FLOPs counted",
+    "flops_counted_ratio": "counted / analytic",
+    "max_abs_err": "max abs err",
+    "max_rel_err": "max rel err",
+    "grad_max_abs_err": "grad max abs err",
+    "cost_exponent": "cost exponent",
+    "accuracy": "accuracy",
+    "top1": "top-1",
+    "top5": "top-5",
+    "mse": "MSE",
+    "mqar_acc": "MQAR accuracy",
+    "niah_acc_in_range": "NIAH accuracy",
+    "niah_acc_extrap": "NIAH extrapolation",
+    "icl_mse": "ICL MSE",
+    "pope_adversarial_f1": "POPE adversarial F1",
+    "chair_i": "CHAIR-i",
 }
-HIGHER_BETTER = {"accuracy", "top1", "top5", "tflops", "pct_peak", "speedup_vs_dense", "realisation"}
+# The accuracy-proxy metrics the leaderboard shows per suite (others are on the suite pages); a
+# suite not listed shows its shortest gated non-timing metric.
+PROXY_HEADLINE = {
+    "mqar": ("mqar_acc",),
+    "niah": ("niah_acc_in_range",),
+    "icl_regression": ("icl_mse",),
+    "image_cls": ("top1",),
+    "hallucination": ("pope_adversarial_f1", "chair_i"),
+}
 ERROR_STATUSES = ("wrong", "oom", "error", "timeout", "unsupported", "skipped")
 
 
@@ -117,8 +148,10 @@ def value_cell(row: pd.Series) -> Cell:
 
 def shape_label(s: dict[str, Any] | pd.Series) -> str:
     mask = "causal" if s.get("causal") else "full"
-    return (f"B{_i(s.get('batch'))} H{_i(s.get('heads'))} N{_i(s.get('seq_len'))} D{_i(s.get('head_dim'))} "
-            f"{s.get('dtype') or '?'} {mask} {s.get('mode') or ''}").strip()
+    return (
+        f"B{_i(s.get('batch'))} H{_i(s.get('heads'))} N{_i(s.get('seq_len'))} D{_i(s.get('head_dim'))} "
+        f"{s.get('dtype') or '?'} {mask} {s.get('mode') or ''}"
+    ).strip()
 
 
 def _i(x: Any) -> str:
@@ -128,12 +161,33 @@ def _i(x: Any) -> str:
 def prepare(df: pd.DataFrame, families: dict[str, str]) -> pd.DataFrame:
     """Normalise a merged results frame: text columns without nulls, device/pair/family labels."""
     df = df.copy()
-    for col in ("suite", "method", "backend", "params", "workload_id", "dtype", "mode", "metric", "unit",
-                "stat", "status", "error", "device_kind", "device_name", "family", "run_id", "hostname"):
+    for col in (
+        "suite",
+        "method",
+        "backend",
+        "params",
+        "workload_id",
+        "dtype",
+        "mode",
+        "metric",
+        "unit",
+        "stat",
+        "status",
+        "error",
+        "device_kind",
+        "device_name",
+        "family",
+        "run_id",
+        "hostname",
+    ):
         df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
-    df["device"] = [n or k or "unknown device" for n, k in zip(df["device_name"], df["device_kind"], strict=True)]
+    df["device"] = [
+        n or k or "unknown device" for n, k in zip(df["device_name"], df["device_kind"], strict=True)
+    ]
     df["pair"] = df["method"] + "/" + df["backend"]
-    df["family"] = [f or families.get(m, "") or "unknown" for f, m in zip(df["family"], df["method"], strict=True)]
+    df["family"] = [
+        f or families.get(m, "") or "unknown" for f, m in zip(df["family"], df["method"], strict=True)
+    ]
     df["params"] = df["params"].replace("", "{}")
     return df
 
@@ -215,7 +269,9 @@ def win_rates(lat: pd.DataFrame) -> dict[str, float]:
                 if a == b or (math.isinf(times[a]) and math.isinf(times[b])):
                     continue
                 games[a] = games.get(a, 0) + 1
-                wins[a] = wins.get(a, 0.0) + (1.0 if times[a] < times[b] else 0.5 if times[a] == times[b] else 0.0)
+                wins[a] = wins.get(a, 0.0) + (
+                    1.0 if times[a] < times[b] else 0.5 if times[a] == times[b] else 0.0
+                )
     return {k: wins.get(k, 0.0) / n for k, n in games.items() if n}
 
 
@@ -236,8 +292,14 @@ def row_identity(df: pd.DataFrame) -> pd.Series:
     return pd.Series(["|".join(t) for t in zip(*parts, strict=True)], index=df.index)
 
 
-def pivot_table(rows: pd.DataFrame, table_id: str, method_href: dict[str, str], *,
-                show_suite: bool = False, caption: str = "") -> Table:
+def pivot_table(
+    rows: pd.DataFrame,
+    table_id: str,
+    method_href: dict[str, str],
+    *,
+    show_suite: bool = False,
+    caption: str = "",
+) -> Table:
     """Generic table: one row per case (and overridden shape), one column per metric, plus status."""
     metrics = metric_order(rows["metric"].unique())
     cols = [("method", "method name"), ("backend", "implementation"), ("family", "method family")]
@@ -252,19 +314,28 @@ def pivot_table(rows: pd.DataFrame, table_id: str, method_href: dict[str, str], 
     for rid in order:
         g = groups[rid]
         first = g.iloc[0]
-        cells = [Cell(str(first["method"]), str(first["method"]), "name", href=method_href.get(first["method"], "")),
-                 Cell(str(first["backend"]), str(first["backend"])),
-                 Cell(str(first["family"]), str(first["family"]))]
+        cells = [
+            Cell(
+                str(first["method"]), str(first["method"]), "name", href=method_href.get(first["method"], "")
+            ),
+            Cell(str(first["backend"]), str(first["backend"])),
+            Cell(str(first["family"]), str(first["family"])),
+        ]
         if show_suite:
             cells.append(Cell(str(first["suite"]), str(first["suite"])))
-        cells += [Cell(shape_label(first), _num(first["seq_len"]), title=str(first["workload_id"])),
-                  Cell(params_label(str(first["params"])), str(first["params"]))]
+        cells += [
+            Cell(shape_label(first), _num(first["seq_len"]), title=str(first["workload_id"])),
+            Cell(params_label(str(first["params"])), str(first["params"])),
+        ]
         for m in metrics:
             mr = g[g["metric"] == m]
             cells.append(value_cell(mr.iloc[0]) if len(mr) else _failed_or_empty(g))
         bad = g[g["status"] != "ok"]
-        cells.append(status_cell(str(bad.iloc[-1]["status"]), str(bad.iloc[-1]["error"])) if len(bad)
-                     else Cell("ok", "ok", "st st-ok"))
+        cells.append(
+            status_cell(str(bad.iloc[-1]["status"]), str(bad.iloc[-1]["error"]))
+            if len(bad)
+            else Cell("ok", "ok", "st st-ok")
+        )
         table.rows.append((str(first["family"]), cells))
     return table
 
@@ -279,13 +350,32 @@ def _num(x: Any) -> float | None:
 
 
 def proxy_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """(suite, metric) pairs of accuracy-proxy suites shown on the leaderboard (means per method)."""
+    """(suite, metric) of the accuracy-proxy suites shown on the leaderboard (means per method)."""
     out = []
     prox = df[~df["suite"].isin((*KERNEL_SUITES, "pytest_benchmark")) & (df["status"] == "ok")]
-    for (suite, metric), _ in prox.groupby(["suite", "metric"]):
-        if metric in HIGHER_BETTER or metric in ("mse", "loss") or "acc" in metric or "top" in metric:
-            out.append((str(suite), str(metric)))
+    for suite, g in prox.groupby("suite"):
+        units = g.groupby("metric")["unit"].first()
+        chosen = [m for m in PROXY_HEADLINE.get(str(suite), ()) if m in units.index]
+        if not chosen:
+            scored = [
+                m
+                for m, u in units.items()
+                if gate.direction(m, u)
+                and not gate.is_timed(m, u)
+                and not m.endswith("_bytes")
+                and "_curve_" not in m
+            ]
+            chosen = sorted(scored, key=lambda m: (gate.direction(m, units[m]) != gate.HIGHER, len(m), m))[:1]
+        out += [(str(suite), m) for m in chosen]
     return out
+
+
+def proxy_label(suite: str, metric: str) -> str:
+    return METRIC_LABELS[metric] if metric in METRIC_LABELS else f"{suite} {metric_label(metric)}"
+
+
+def higher_is_better(metric: str, unit: str = "") -> bool:
+    return gate.direction(metric, unit) == gate.HIGHER
 
 
 def pairs_of(df: pd.DataFrame) -> list[tuple[str, str, str]]:

@@ -13,15 +13,29 @@ from attnbench.benchjson import load_inputs
 
 
 def _md(s: str) -> str:
-    return (s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-            .replace("`", "\\`").replace("*", "\\*").replace("_", "\\_").replace("\n", " "))
+    return (
+        s.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("|", "\\|")
+        .replace("`", "\\`")
+        .replace("*", "\\*")
+        .replace("_", "\\_")
+        .replace("\n", " ")
+    )
 
 
 def table_markdown(t: D.Table) -> str:
     """A report table as a GitHub Markdown table (status cells keep their status word)."""
     head = "| " + " | ".join(_md(label) for label, _ in t.columns) + " |"
-    sep = "|" + "|".join("---:" if any(c.cls == "num" for _, cells in t.rows[:1] for c in cells[i:i + 1])
-                         else "---" for i in range(len(t.columns))) + "|"
+    sep = (
+        "|"
+        + "|".join(
+            "---:" if any(c.cls == "num" for _, cells in t.rows[:1] for c in cells[i : i + 1]) else "---"
+            for i in range(len(t.columns))
+        )
+        + "|"
+    )
     body = ["| " + " | ".join(_md(c.text) for c in cells) + " |" for _, cells in t.rows]
     return "\n".join([head, sep, *body])
 
@@ -44,10 +58,15 @@ def markdown_summary(inputs: Sequence[str | os.PathLike[str]]) -> str:
         parts += [f"> {_md(w)}" for w in b.warnings]
         for run in b.run_summary():
             board, _, shapes = b.leaderboard(run["device"])
-            parts += [f"### {_md(run['device'])}", "",
-                      f"{run['runs']} run(s), {run['rows']} rows; case statuses: {_md(run['statuses'])}."]
+            parts += [
+                f"### {_md(run['device'])}",
+                "",
+                f"{run['runs']} run(s), {run['rows']} rows; case statuses: {_md(run['statuses'])}.",
+            ]
             if shapes["latency"]:
-                parts.append(f"Latency columns at {_md(D.shape_label(shapes['latency']))}; "
-                             "fast₁ = share of latency cases correct and faster than dense.")
+                parts.append(
+                    f"Latency columns at {_md(D.shape_label(shapes['latency']))}; "
+                    "fast₁ = share of latency cases correct and faster than dense."
+                )
             parts += ["", table_markdown(board), ""]
     return "\n".join(parts)

@@ -19,8 +19,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "attnbench", "font.size": 9, "axes.grid": True,
-          "grid.alpha": 0.3, "figure.dpi": 100}
+_STYLE = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "attnbench",
+    "font.size": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "figure.dpi": 100,
+}
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,16 @@ class PlotWriter:
         return Plot(f"plots/{name}", title)
 
     @_memo
-    def lines(self, series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str,
-              logx: bool = True, logy: bool = True) -> Plot | None:
+    def lines(
+        self,
+        series: dict[str, list[tuple[float, float]]],
+        *,
+        title: str,
+        xlabel: str,
+        ylabel: str,
+        logx: bool = True,
+        logy: bool = True,
+    ) -> Plot | None:
         """One line per series (x, y points), log-log by default."""
         series = {k: v for k, v in series.items() if v}
         if not series:
@@ -89,14 +103,15 @@ class PlotWriter:
             return self._save(fig, title)
 
     @_memo
-    def pareto(self, points: Sequence[tuple[str, float, float]], *, title: str, xlabel: str,
-               ylabel: str) -> Plot | None:
+    def pareto(
+        self, points: Sequence[tuple[str, float, float]], *, title: str, xlabel: str, ylabel: str
+    ) -> Plot | None:
         """Scatter of (label, cost, score) with the front of points no other beats on both."""
         pts = [(lab, x, y) for lab, x, y in points if math.isfinite(x) and math.isfinite(y) and x > 0]
         if len(pts) < 2:
             return None
         front, best = [], -math.inf
-        for lab, x, y in sorted(pts, key=lambda t: (t[1], -t[2])):
+        for _, x, y in sorted(pts, key=lambda t: (t[1], -t[2])):
             if y > best:
                 front.append((x, y))
                 best = y
@@ -113,8 +128,18 @@ class PlotWriter:
             return self._save(fig, title)
 
     @_memo
-    def heatmap(self, values: list[list[float]], *, xlabels: Sequence[str], ylabels: Sequence[str],
-                title: str, xlabel: str, ylabel: str, vmin: float = 0.0, vmax: float = 1.0) -> Plot | None:
+    def heatmap(
+        self,
+        values: list[list[float]],
+        *,
+        xlabels: Sequence[str],
+        ylabels: Sequence[str],
+        title: str,
+        xlabel: str,
+        ylabel: str,
+        vmin: float = 0.0,
+        vmax: float = 1.0,
+    ) -> Plot | None:
         """A value grid (rows = ylabels), annotated; NaN cells left blank."""
         if not values or not values[0]:
             return None
@@ -147,8 +172,12 @@ class PlotWriter:
                 xs = [k + i * width for k, g in enumerate(groups) if name in groups[g]]
                 ys = [groups[g][name] for g in groups if name in groups[g]]
                 ax.bar(xs, ys, width, label=safe(name))
-            ax.set_xticks([k + 0.4 - width / 2 for k in range(len(groups))],
-                          [safe(g) for g in groups], rotation=30, ha="right")
+            ax.set_xticks(
+                [k + 0.4 - width / 2 for k in range(len(groups))],
+                [safe(g) for g in groups],
+                rotation=30,
+                ha="right",
+            )
             ax.set(ylabel=safe(ylabel), title=safe(title))
             ax.legend(fontsize=7)
             return self._save(fig, title)

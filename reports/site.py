@@ -82,20 +82,28 @@ class SiteBuilder:
         self.out = out
         self.plots = PlotWriter(out)
         used: set[str] = set()
-        self.method_href = {m: f"method-{_slug(m, used)}.html"
-                            for m in sorted(set(self.df["method"]) | set(self.entries))}
+        self.method_href = {
+            m: f"method-{_slug(m, used)}.html" for m in sorted(set(self.df["method"]) | set(self.entries))
+        }
         self.suite_href = {s: f"suite-{_slug(s, used)}.html" for s in sorted(set(self.df["suite"]))}
         self.devices = sorted(set(self.df["device"]))
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.files("attnbench.reports")
-                                                                     / "templates")),
-                                 autoescape=True, undefined=jinja2.StrictUndefined)
-        env.filters["sortkey"] = lambda v: "" if v is None else (repr(float(v)) if isinstance(v, float) else v)
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(resources.files("attnbench.reports") / "templates")),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        env.filters["sortkey"] = lambda v: (
+            "" if v is None else (repr(float(v)) if isinstance(v, float) else v)
+        )
         self.env = env
 
     # -- pages ----------------------------------------------------------------------------
     def render(self, name: str, template: str, **ctx: Any) -> Path:
-        nav = [("Overview", "index.html")] + [(s, h) for s, h in self.suite_href.items()] + \
-              [("Methods", "methods.html"), ("Devices", "devices.html")]
+        nav = (
+            [("Overview", "index.html")]
+            + [(s, h) for s, h in self.suite_href.items()]
+            + [("Methods", "methods.html"), ("Devices", "devices.html")]
+        )
         html = self.env.get_template(template).render(nav=nav, page=name, warnings=self.warnings, **ctx)
         path = self.out / name
         path.write_text(html, encoding="utf-8")
@@ -108,15 +116,28 @@ class SiteBuilder:
             if item.is_file():
                 (static / item.name).write_bytes(item.read_bytes())
         for suite, href in self.suite_href.items():
-            self.render(href, "suite.html", title=f"Suite: {suite}", suite=suite,
-                        sections=self.suite_sections(suite))
+            self.render(
+                href, "suite.html", title=f"Suite: {suite}", suite=suite, sections=self.suite_sections(suite)
+            )
         for method, href in self.method_href.items():
-            self.render(href, "method.html", title=f"Method: {method}", method=method,
-                        info=self.method_info(method), sections=self.method_sections(method))
+            self.render(
+                href,
+                "method.html",
+                title=f"Method: {method}",
+                method=method,
+                info=self.method_info(method),
+                sections=self.method_sections(method),
+            )
         self.render("methods.html", "methods.html", title="Methods", methods=self.methods_table())
         self.render("devices.html", "generic.html", title="Across devices", sections=self.device_sections())
-        return self.render("index.html", "index.html", title="attnbench leaderboard", runs=self.run_summary(),
-                           sections=self.overview_sections(), suites=list(self.suite_href.items()))
+        return self.render(
+            "index.html",
+            "index.html",
+            title="attnbench leaderboard",
+            runs=self.run_summary(),
+            sections=self.overview_sections(),
+            suites=list(self.suite_href.items()),
+        )
 
     # -- overview -------------------------------------------------------------------------
     def run_summary(self) -> list[dict[str, str]]:
@@ -124,14 +145,22 @@ class SiteBuilder:
         for dev in self.devices:
             d = self.df[self.df["device"] == dev]
             created = pd.to_datetime(d["created_at"], utc=True)
-            out.append({"device": dev, "kind": ", ".join(sorted(set(d["device_kind"]) - {""})),
-                        "runs": str(d["run_id"].nunique()), "rows": str(len(d)),
-                        "hosts": ", ".join(sorted(set(d["hostname"]) - {""})),
-                        "torch": ", ".join(sorted(set(d["torch_version"].dropna().astype(str)) - {""})),
-                        "when": f"{created.min():%Y-%m-%d %H:%M} – {created.max():%Y-%m-%d %H:%M} UTC"
-                        if len(created.dropna()) else "",
-                        "statuses": ", ".join(f"{k} {v}" for k, v in
-                                              d.groupby("status")["case_id"].nunique().items())})
+            out.append(
+                {
+                    "device": dev,
+                    "kind": ", ".join(sorted(set(d["device_kind"]) - {""})),
+                    "runs": str(d["run_id"].nunique()),
+                    "rows": str(len(d)),
+                    "hosts": ", ".join(sorted(set(d["hostname"]) - {""})),
+                    "torch": ", ".join(sorted(set(d["torch_version"].dropna().astype(str)) - {""})),
+                    "when": f"{created.min():%Y-%m-%d %H:%M} – {created.max():%Y-%m-%d %H:%M} UTC"
+                    if len(created.dropna())
+                    else "",
+                    "statuses": ", ".join(
+                        f"{k} {v}" for k, v in d.groupby("status")["case_id"].nunique().items()
+                    ),
+                }
+            )
         return out
 
     def leaderboard(self, dev: str) -> tuple[D.Table, D.Table, dict[str, Any]]:
@@ -144,14 +173,19 @@ class SiteBuilder:
         has_peak = bool((lat["metric"] == "pct_peak").any())
         wrong = D.wrong_pairs(dd)
         wins = D.win_rates(lat)
-        where = {"latency": D.shape_label(hl) if hl else "", "memory": D.shape_label(hm) if hm else "",
-                 "flops": D.shape_label(hf) if hf else ""}
+        where = {
+            "latency": D.shape_label(hl) if hl else "",
+            "memory": D.shape_label(hm) if hm else "",
+            "flops": D.shape_label(hf) if hf else "",
+        }
         cols = [("method", "method"), ("backend", "backend"), ("family", "family")]
         metric_cols: list[tuple[pd.DataFrame, str, str, str]] = []
         if len(lat):
-            metric_cols += [(at_l, "latency_ms", "latency", f"median at {where['latency']}"),
-                            (at_l, "speedup_vs_dense", "speedup vs dense", f"vs mha/sdpa at {where['latency']}"),
-                            (at_l, "tflops", "TFLOP/s", f"useful FLOPs / time at {where['latency']}")]
+            metric_cols += [
+                (at_l, "latency_ms", "latency", f"median at {where['latency']}"),
+                (at_l, "speedup_vs_dense", "speedup vs dense", f"vs mha/sdpa at {where['latency']}"),
+                (at_l, "tflops", "TFLOP/s", f"useful FLOPs / time at {where['latency']}"),
+            ]
             if has_peak:
                 metric_cols.append((at_l, "pct_peak", "% of peak", "of the device's dense peak"))
         if len(mem):
@@ -159,24 +193,38 @@ class SiteBuilder:
         if len(fl):
             metric_cols.append((at_f, "flops_useful", "FLOPs", f"useful, analytic, at {where['flops']}"))
         cols += [(label, tip) for _, _, label, tip in metric_cols]
-        cols += [(f"{s} {D.metric_label(m)}", f"mean over the {s} cases") for s, m in proxies]
+        cols += [(D.proxy_label(s, m), f"{s} {m}: mean over the suite's cases") for s, m in proxies]
         has_corr = bool((dd["suite"] == "correctness").any())
         if has_corr:
             cols.append(("correctness", "fused vs reference, all correctness cases"))
         if len(lat):
-            cols += [("fast₁", "share of latency cases correct and faster than dense"),
-                     ("win rate", "pairwise wins on shared latency shapes")]
+            cols += [
+                ("fast₁", "share of latency cases correct and faster than dense"),
+                ("win rate", "pairwise wins on shared latency shapes"),
+            ]
         board = D.Table(f"lb-{_slug(dev, set())}", cols)
-        agg = D.Table(f"agg-{_slug(dev, set())}",
-                      [("method", "method"), ("backend", "backend"), ("family", "family"),
-                       ("cases", "latency cases"), ("ok", "cases that ran ok"),
-                       ("fast₀.₅", "correct and > 0.5× dense"), ("fast₁", "correct and faster than dense"),
-                       ("fast₂", "correct and > 2× dense"), ("speedup range", "min–median–max over shapes"),
-                       ("win rate", "pairwise wins on shared shapes")])
+        agg = D.Table(
+            f"agg-{_slug(dev, set())}",
+            [
+                ("method", "method"),
+                ("backend", "backend"),
+                ("family", "family"),
+                ("cases", "latency cases"),
+                ("ok", "cases that ran ok"),
+                ("fast₀.₅", "correct and > 0.5× dense"),
+                ("fast₁", "correct and faster than dense"),
+                ("fast₂", "correct and > 2× dense"),
+                ("speedup range", "min–median–max over shapes"),
+                ("win rate", "pairwise wins on shared shapes"),
+            ],
+        )
         for pair, method, backend in D.pairs_of(dd):
             fam = str(dd.loc[dd["pair"] == pair, "family"].iloc[0])
-            head = [D.Cell(method, method, "name", href=self.method_href.get(method, "")),
-                    D.Cell(backend, backend), D.Cell(fam, fam)]
+            head = [
+                D.Cell(method, method, "name", href=self.method_href.get(method, "")),
+                D.Cell(backend, backend),
+                D.Cell(fam, fam),
+            ]
             cells = list(head)
             cells += [D.pick_cell(rows, pair, metric) for rows, metric, _, _ in metric_cols]
             cells += [D.pick_cell(dd[dd["suite"] == s], pair, m, agg="mean") for s, m in proxies]
@@ -184,21 +232,38 @@ class SiteBuilder:
                 cells.append(self.correctness_cell(dd[(dd["suite"] == "correctness") & (dd["pair"] == pair)]))
             if len(lat):
                 f1, n = D.fast_p(lat, pair, 1.0, wrong)
-                cells += [D.fraction_cell(f1, n, "fast₁"),
-                          D.fraction_cell(wins.get(pair, math.nan), n, "win rate")]
+                cells += [
+                    D.fraction_cell(f1, n, "fast₁"),
+                    D.fraction_cell(wins.get(pair, math.nan), n, "win rate"),
+                ]
             board.rows.append((fam, cells))
             if len(lat) and (lat["pair"] == pair).any():
                 mine = lat[lat["pair"] == pair]
                 n_cases = mine["case_id"].nunique()
                 n_ok = mine[(mine["metric"] == "latency_ms") & (mine["status"] == "ok")]["case_id"].nunique()
                 sp = mine[(mine["metric"] == "speedup_vs_dense") & (mine["status"] == "ok")]["value"].dropna()
-                rng = (D.Cell(f"{sp.min():.3g}–{np.median(sp):.3g}–{sp.max():.3g}×", float(np.median(sp)), "num")
-                       if len(sp) else D.empty_cell())
-                fr = [D.fraction_cell(*D.fast_p(lat, pair, p, wrong), what) for p, what in
-                      ((0.5, "fast₀.₅"), (1.0, "fast₁"), (2.0, "fast₂"))]
-                agg.rows.append((fam, [*head, D.Cell(str(n_cases), float(n_cases), "num"),
-                                       D.Cell(str(n_ok), float(n_ok), "num"), *fr, rng,
-                                       D.fraction_cell(wins.get(pair, math.nan), n_cases, "win rate")]))
+                rng = (
+                    D.Cell(f"{sp.min():.3g}–{np.median(sp):.3g}–{sp.max():.3g}×", float(np.median(sp)), "num")
+                    if len(sp)
+                    else D.empty_cell()
+                )
+                fr = [
+                    D.fraction_cell(*D.fast_p(lat, pair, p, wrong), what)
+                    for p, what in ((0.5, "fast₀.₅"), (1.0, "fast₁"), (2.0, "fast₂"))
+                ]
+                agg.rows.append(
+                    (
+                        fam,
+                        [
+                            *head,
+                            D.Cell(str(n_cases), float(n_cases), "num"),
+                            D.Cell(str(n_ok), float(n_ok), "num"),
+                            *fr,
+                            rng,
+                            D.fraction_cell(wins.get(pair, math.nan), n_cases, "win rate"),
+                        ],
+                    )
+                )
         return board, agg, {"latency": hl, "memory": hm}
 
     @staticmethod
@@ -225,19 +290,27 @@ class SiteBuilder:
             dd = self.df[self.df["device"] == dev]
             sec = Section(dev, f"dev-{_slug(dev, set())}", tables=[board])
             if shapes["latency"]:
-                sec.lines.append(f"Latency columns at {D.shape_label(shapes['latency'])} (the shape most "
-                                 f"method/backends ran); other shapes on the suite pages.")
+                sec.lines.append(
+                    f"Latency columns at {D.shape_label(shapes['latency'])} (the shape most "
+                    f"method/backends ran); other shapes on the suite pages."
+                )
             if agg.rows:
                 agg.caption = "Aggregates over every latency shape (no geometric mean: fast_p and win rate)"
                 sec.tables.append(agg)
-            for suite, metric, what in (("latency", "latency_ms", "latency (ms)"),
-                                        ("memory", "peak_mem_bytes", "peak memory (bytes)")):
+            for suite, metric, what in (
+                ("latency", "latency_ms", "latency (ms)"),
+                ("memory", "peak_mem_bytes", "peak memory (bytes)"),
+            ):
                 rows = dd[dd["suite"] == suite]
                 if rows.empty:
                     continue
                 sel, g = D.groups_without(rows, ["seq_len"])[0]
-                p = self.plots.lines(D.series(g, metric), title=f"{what} vs sequence length — {dev}",
-                                     xlabel="sequence length", ylabel=what)
+                p = self.plots.lines(
+                    D.series(g, metric),
+                    title=f"{what} vs sequence length — {dev}",
+                    xlabel="sequence length",
+                    ylabel=what,
+                )
                 if p:
                     sec.plots.append(p)
             sec.plots += self.pareto_plots(dd, dev, shapes["latency"])
@@ -252,14 +325,18 @@ class SiteBuilder:
         best = lat.groupby("method")["value"].min()
         out = []
         for suite, metric in D.proxy_columns(dd):
-            if metric not in D.HIGHER_BETTER and "acc" not in metric and "top" not in metric:
+            if not D.higher_is_better(metric):
                 continue
             score = dd[(dd["suite"] == suite) & (dd["metric"] == metric) & (dd["status"] == "ok")]
             score = score.groupby("method")["value"].mean()
             pts = [(m, float(best[m]), float(score[m])) for m in score.index if m in best.index]
-            p = self.plots.pareto(pts, title=f"{suite} {D.metric_label(metric)} vs latency — {dev}",
-                                  xlabel=f"fastest backend latency (ms) at {D.shape_label(shape or {})}",
-                                  ylabel=f"{suite} {D.metric_label(metric)} (mean)")
+            what = D.proxy_label(suite, metric)
+            p = self.plots.pareto(
+                pts,
+                title=f"{what} vs latency — {dev}",
+                xlabel=f"fastest backend latency (ms) at {D.shape_label(shape or {})}",
+                ylabel=f"{what} (mean over cases)",
+            )
             if p:
                 out.append(p)
         return out
@@ -278,42 +355,99 @@ class SiteBuilder:
             sec = Section(f"{suite} — {dev}", tid, tables=[D.pivot_table(rows, tid, self.method_href)])
             if method is None:
                 sec.plots = self.suite_plots(rows, suite, dev)
-            else:
+            else:  # the method's own heatmaps (drawn once for the suite page)
+                sec.plots = self.depth_heatmaps(rows, suite, dev)
                 for metric in rows["metric"].unique():
                     sec.plots += self.param_curves(rows, suite, metric, dev, heatmaps_only=True)
             out.append(sec)
         return out
 
     def suite_plots(self, rows: pd.DataFrame, suite: str, dev: str) -> list[Plot]:
+        """Timing/memory and headline scores vs sequence length, error curves, depth heatmaps."""
         plots: list[Plot] = []
+        headline = [m for s, m in D.proxy_columns(rows) if s == suite]
         for metric in D.metric_order(rows["metric"].unique()):
-            if metric not in ("latency_ms", "peak_mem_bytes") and not self._is_score(metric):
+            if metric not in ("latency_ms", "peak_mem_bytes", *headline):
                 continue
             log = metric in ("latency_ms", "peak_mem_bytes")
             mrows = rows[rows["metric"] == metric]
-            for key in _varying_params(mrows):  # e.g. NIAH depth: the line is the median over it
+            for key in _varying_params(mrows):  # e.g. a param sweep: the line is the median over it
                 mrows = mrows.assign(params=mrows["params"].map(lambda s, key=key: _without(s, key)))
             for sel, g in D.groups_without(mrows, ["seq_len"])[:MAX_GROUP_PLOTS]:
                 if g["seq_len"].nunique() < 2:
                     continue
                 what = D.metric_label(metric)
-                p = self.plots.lines(D.series(g, metric), title=f"{suite}: {what} vs sequence length",
-                                     xlabel="sequence length", ylabel=what, logy=log,
-                                     caption=f"{suite}: {what} vs sequence length — {dev}, "
-                                             f"{D.shape_label({**sel, 'seq_len': 0}).replace(' N0', '')}")
+                p = self.plots.lines(
+                    D.series(g, metric),
+                    title=f"{suite}: {what} vs sequence length",
+                    xlabel="sequence length",
+                    ylabel=what,
+                    logy=log,
+                    caption=f"{suite}: {what} vs sequence length — {dev}, "
+                    f"{D.shape_label({**sel, 'seq_len': 0}).replace(' N0', '')}",
+                )
                 if p:
                     plots.append(p)
             plots += self.param_curves(rows, suite, metric, dev)
+        plots += self.curves(rows, suite, dev)
+        plots += self.depth_heatmaps(rows, suite, dev)
         return plots
 
-    @staticmethod
-    def _is_score(metric: str) -> bool:
-        return metric in D.HIGHER_BETTER - {"tflops", "pct_peak", "speedup_vs_dense", "realisation"} or \
-            metric in ("mse", "loss") or "acc" in metric
+    def curves(self, rows: pd.DataFrame, suite: str, dev: str) -> list[Plot]:
+        """`<name>_curve_model` per method/backend vs its x (seq_len), with `<name>_curve_<baseline>`s."""
+        ok = rows[rows["metric"].str.contains("_curve_") & (rows["status"] == "ok") & rows["value"].notna()]
+        plots = []
+        for prefix in sorted({m.split("_curve_")[0] for m in ok["metric"]}):
+            mine = ok[ok["metric"].str.startswith(prefix + "_curve_")]
+            model = mine[mine["metric"] == f"{prefix}_curve_model"]
+            lines = D.series(model, f"{prefix}_curve_model")
+            for metric in sorted(set(mine["metric"]) - {f"{prefix}_curve_model"}):
+                base = mine[mine["metric"] == metric].groupby("seq_len")["value"].median()
+                lines[f"baseline: {metric.split('_curve_')[1]}"] = [
+                    (float(a), float(b)) for a, b in base.items()
+                ]
+            unit = str(mine["unit"].iloc[0] or "value")
+            p = self.plots.lines(
+                lines,
+                title=f"{suite}: {prefix} curve",
+                xlabel="in-context examples (k)",
+                ylabel=unit,
+                logx=False,
+                logy=True,
+                caption=f"{suite}: error vs number of in-context examples — {dev}",
+            )
+            if p:
+                plots.append(p)
+        return plots
 
-    def param_curves(self, rows: pd.DataFrame, suite: str, metric: str, dev: str, *,
-                     heatmaps_only: bool = False) -> list[Plot]:
-        """Score curves over numeric params (e.g. ICL error vs examples); NIAH depth × length heatmaps."""
+    def depth_heatmaps(self, rows: pd.DataFrame, suite: str, dev: str) -> list[Plot]:
+        """Metrics named `<name>_depth<δ>` (with seq_len = context length) as depth × length heatmaps."""
+        ok = rows[(rows["status"] == "ok") & rows["value"].notna()]
+        found = ok["metric"].str.extract(r"^(?P<name>.+)_depth(?P<depth>[0-9.]+)$")
+        ok = ok.assign(_name=found["name"], depth=pd.to_numeric(found["depth"], errors="coerce"))
+        ok = ok[ok["depth"].notna()]
+        plots = []
+        for (name, pair), g in ok.groupby(["_name", "pair"]):
+            grid = g.pivot_table(index="depth", columns="seq_len", values="value", aggfunc="median")
+            plots += self._heatmap(grid, f"{suite} {name}", str(pair), dev)
+        return plots
+
+    def _heatmap(self, grid: pd.DataFrame, what: str, pair: str, dev: str) -> list[Plot]:
+        p = self.plots.heatmap(
+            grid.to_numpy(dtype=float).tolist(),
+            xlabels=[str(int(c)) for c in grid.columns],
+            ylabels=[f"{d:g}" for d in grid.index],
+            title=f"{what}: {pair}",
+            xlabel="context length",
+            ylabel="needle depth",
+            caption=f"{what} by context length and needle depth: {pair} — {dev}",
+        )
+        return [p] if p else []
+
+    def param_curves(
+        self, rows: pd.DataFrame, suite: str, metric: str, dev: str, *, heatmaps_only: bool = False
+    ) -> list[Plot]:
+        """Scores over numeric params (a `depth` param with several lengths: a heatmap per backend)."""
         ok = rows[(rows["metric"] == metric) & (rows["status"] == "ok") & rows["value"].notna()]
         if ok.empty:
             return []
@@ -323,14 +457,7 @@ class SiteBuilder:
             depth = ok["params"].map(lambda s: _params(s).get("depth"))
             for pair, g in ok.assign(depth=depth).groupby("pair"):
                 grid = g.pivot_table(index="depth", columns="seq_len", values="value", aggfunc="median")
-                what = f"{suite} {D.metric_label(metric)}"
-                p = self.plots.heatmap(grid.to_numpy(dtype=float).tolist(),
-                                       xlabels=[str(int(c)) for c in grid.columns],
-                                       ylabels=[f"{d:g}" for d in grid.index], title=f"{what}: {pair}",
-                                       xlabel="context length", ylabel="needle depth",
-                                       caption=f"{what} by context length and needle depth: {pair} — {dev}")
-                if p:
-                    plots.append(p)
+                plots += self._heatmap(grid, f"{suite} {D.metric_label(metric)}", str(pair), dev)
             varying.remove("depth")
         if heatmaps_only:
             return plots
@@ -338,9 +465,15 @@ class SiteBuilder:
             x = pd.to_numeric(ok["params"].map(lambda s, key=key: _params(s).get(key)), errors="coerce")
             g = ok.assign(_x=x, params=ok["params"].map(lambda s, key=key: _without(s, key)))
             what = D.metric_label(metric)
-            p = self.plots.lines(D.series(g, metric, x="_x"), title=f"{suite}: {what} vs {key}", xlabel=key,
-                                 ylabel=what, logx=False, logy=metric in ("mse", "loss"),
-                                 caption=f"{suite}: {what} vs {key} — {dev}")
+            p = self.plots.lines(
+                D.series(g, metric, x="_x"),
+                title=f"{suite}: {what} vs {key}",
+                xlabel=key,
+                ylabel=what,
+                logx=False,
+                logy=metric in ("mse", "loss"),
+                caption=f"{suite}: {what} vs {key} — {dev}",
+            )
             if p:
                 plots.append(p)
         return plots
@@ -352,14 +485,25 @@ class SiteBuilder:
         if entry is None:
             return {"registered": False, "family": ", ".join(fams) or "unknown", "claims": []}
         s, c = entry.spec, entry.spec.capabilities
-        return {"registered": True, "title": s.title, "family": s.family, "kind": s.kind,
-                "paper": f"{s.paper.title} ({s.paper.year})", "url": _safe_url(s.paper.url),
-                "defaults": D.params_label(_json(dict(s.defaults))) or "none",
-                "backends": ", ".join(b.value for b in entry.backends),
-                "capabilities": [("causal", c.causal), ("non-causal", c.noncausal), ("GQA", c.gqa),
-                                 ("backward", c.backward)],
-                "dims": ", ".join(f"{d}-D" for d in c.dims), "dtypes": ", ".join(c.dtypes),
-                "claims": list(s.claims)}
+        return {
+            "registered": True,
+            "title": s.title,
+            "family": s.family,
+            "kind": s.kind,
+            "paper": f"{s.paper.title} ({s.paper.year})",
+            "url": _safe_url(s.paper.url),
+            "defaults": D.params_label(_json(dict(s.defaults))) or "none",
+            "backends": ", ".join(b.value for b in entry.backends),
+            "capabilities": [
+                ("causal", c.causal),
+                ("non-causal", c.noncausal),
+                ("GQA", c.gqa),
+                ("backward", c.backward),
+            ],
+            "dims": ", ".join(f"{d}-D" for d in c.dims),
+            "dtypes": ", ".join(c.dtypes),
+            "claims": list(s.claims),
+        }
 
     def method_sections(self, method: str) -> list[Section]:
         mine = self.df[self.df["method"] == method]
@@ -368,14 +512,21 @@ class SiteBuilder:
             md = mine[mine["device"] == dev]
             if md.empty:
                 continue
-            sec = Section(f"Measured on {dev}", f"m-{_slug(dev, set())}",
-                          tables=[self.measured_table(method, dev), self.capability_table(md, dev)])
+            sec = Section(
+                f"Measured on {dev}",
+                f"m-{_slug(dev, set())}",
+                tables=[self.measured_table(method, dev), self.capability_table(md, dev)],
+            )
             lat = self.df[(self.df["device"] == dev) & (self.df["suite"] == "latency")]
             lat = lat[(lat["method"] == method) | (lat["pair"] == D.DENSE)]
             if len(lat):
                 sel, g = D.groups_without(lat, ["seq_len"])[0]
-                p = self.plots.lines(D.series(g, "latency_ms"), title=f"{method}: latency vs sequence length "
-                                     f"— {dev}", xlabel="sequence length", ylabel="latency (ms)")
+                p = self.plots.lines(
+                    D.series(g, "latency_ms"),
+                    title=f"{method}: latency vs sequence length — {dev}",
+                    xlabel="sequence length",
+                    ylabel="latency (ms)",
+                )
                 if p:
                     sec.plots.append(p)
             out.append(sec)
@@ -390,23 +541,41 @@ class SiteBuilder:
         mem = dd[(dd["suite"] == "memory") & (dd["metric"] == "peak_mem_bytes") & (dd["status"] == "ok")]
         wrong = D.wrong_pairs(dd)
         proxies = D.proxy_columns(dd[dd["method"] == method])
-        t = D.Table(f"meas-{_slug(method + dev, set())}",
-                    [("backend", "backend"), ("speedup vs dense", "min–median–max over latency shapes"),
-                     ("at longest N", "speedup vs dense at the longest measured sequence"),
-                     ("memory vs dense", "peak memory / mha-sdpa peak memory at the longest shared shape"),
-                     ("fast₁", "share of latency cases correct and faster than dense"),
-                     ("correctness", "fused vs reference")]
-                    + [(f"{s} {D.metric_label(m)}", "mean") for s, m in proxies],
-                    caption="What this harness measured")
+        t = D.Table(
+            f"meas-{_slug(method + dev, set())}",
+            [
+                ("backend", "backend"),
+                ("speedup vs dense", "min–median–max over latency shapes"),
+                ("at longest N", "speedup vs dense at the longest measured sequence"),
+                ("memory vs dense", "peak memory / mha-sdpa peak memory at the longest shared shape"),
+                ("fast₁", "share of latency cases correct and faster than dense"),
+                ("correctness", "fused vs reference"),
+            ]
+            + [(D.proxy_label(s, m), f"{s} {m}: mean") for s, m in proxies],
+            caption="What this harness measured",
+        )
         for pair, _, backend in D.pairs_of(dd[dd["method"] == method]):
             sp = lat[(lat["pair"] == pair) & (lat["metric"] == "speedup_vs_dense") & (lat["status"] == "ok")]
-            rng = (D.Cell(f"{sp['value'].min():.3g}–{sp['value'].median():.3g}–{sp['value'].max():.3g}×",
-                          float(sp["value"].median()), "num") if len(sp) else D.empty_cell())
-            longest = (D.value_cell(sp.sort_values("seq_len").iloc[-1]) if len(sp) else D.empty_cell())
+            rng = (
+                D.Cell(
+                    f"{sp['value'].min():.3g}–{sp['value'].median():.3g}–{sp['value'].max():.3g}×",
+                    float(sp["value"].median()),
+                    "num",
+                )
+                if len(sp)
+                else D.empty_cell()
+            )
+            longest = D.value_cell(sp.sort_values("seq_len").iloc[-1]) if len(sp) else D.empty_cell()
             ratio = _mem_ratio(mem, pair)
             f1, n = D.fast_p(lat, pair, 1.0, wrong)
-            cells = [D.Cell(backend, backend), rng, longest, ratio, D.fraction_cell(f1, n, "fast₁"),
-                     self.correctness_cell(dd[(dd["suite"] == "correctness") & (dd["pair"] == pair)])]
+            cells = [
+                D.Cell(backend, backend),
+                rng,
+                longest,
+                ratio,
+                D.fraction_cell(f1, n, "fast₁"),
+                self.correctness_cell(dd[(dd["suite"] == "correctness") & (dd["pair"] == pair)]),
+            ]
             cells += [D.pick_cell(dd[dd["suite"] == s], pair, m, agg="mean") for s, m in proxies]
             t.rows.append((str(dd.loc[dd["pair"] == pair, "family"].iloc[0]), cells))
         return t
@@ -414,9 +583,11 @@ class SiteBuilder:
     def capability_table(self, md: pd.DataFrame, dev: str) -> D.Table:
         """Backends × suites: how many cases ran ok, and why the others did not."""
         suites = sorted(set(md["suite"]))
-        t = D.Table(f"cap-{_slug(str(md['method'].iloc[0]) + dev, set())}",
-                    [("backend", "backend")] + [(s, f"case statuses in {s}") for s in suites],
-                    caption="Capability matrix (case statuses)")
+        t = D.Table(
+            f"cap-{_slug(str(md['method'].iloc[0]) + dev, set())}",
+            [("backend", "backend")] + [(s, f"case statuses in {s}") for s in suites],
+            caption="Capability matrix (case statuses)",
+        )
         for backend, g in md.groupby("backend"):
             cells = [D.Cell(str(backend), str(backend))]
             for s in suites:
@@ -428,24 +599,49 @@ class SiteBuilder:
                 counts = st.value_counts()
                 worst = next((k for k in D.ERROR_STATUSES if k in counts), "ok")
                 errs = "; ".join(sorted(set(gs.loc[gs["status"] != "ok", "error"]) - {""}))[:500]
-                cells.append(D.Cell(" · ".join(f"{k} {v}" for k, v in counts.items()),
-                                    float(counts.get("ok", 0)), f"st st-{worst}", errs))
+                cells.append(
+                    D.Cell(
+                        " · ".join(f"{k} {v}" for k, v in counts.items()),
+                        float(counts.get("ok", 0)),
+                        f"st st-{worst}",
+                        errs,
+                    )
+                )
             t.rows.append((str(g["family"].iloc[0]), cells))
         return t
 
     def methods_table(self) -> D.Table:
-        t = D.Table("methods", [("method", "name"), ("title", "title"), ("family", "family"),
-                                ("paper", "paper"), ("backends", "registered backends"),
-                                ("devices", "measured on"), ("rows", "result rows")])
+        t = D.Table(
+            "methods",
+            [
+                ("method", "name"),
+                ("title", "title"),
+                ("family", "family"),
+                ("paper", "paper"),
+                ("backends", "registered backends"),
+                ("devices", "measured on"),
+                ("rows", "result rows"),
+            ],
+        )
         for method, href in self.method_href.items():
             info = self.method_info(method)
             mine = self.df[self.df["method"] == method]
-            t.rows.append((info["family"], [
-                D.Cell(method, method, "name", href=href), D.Cell(info.get("title", "not registered here")),
-                D.Cell(info["family"], info["family"]), D.Cell(info.get("paper", ""), href=info.get("url", "")),
-                D.Cell(info.get("backends", ", ".join(sorted(set(mine["backend"])))))] + [
-                D.Cell(", ".join(sorted(set(mine["device"]))) or "not measured"),
-                D.Cell(str(len(mine)), float(len(mine)), "num")]))
+            t.rows.append(
+                (
+                    info["family"],
+                    [
+                        D.Cell(method, method, "name", href=href),
+                        D.Cell(info.get("title", "not registered here")),
+                        D.Cell(info["family"], info["family"]),
+                        D.Cell(info.get("paper", ""), href=info.get("url", "")),
+                        D.Cell(info.get("backends", ", ".join(sorted(set(mine["backend"]))))),
+                    ]
+                    + [
+                        D.Cell(", ".join(sorted(set(mine["device"]))) or "not measured"),
+                        D.Cell(str(len(mine)), float(len(mine)), "num"),
+                    ],
+                )
+            )
         return t
 
     # -- devices --------------------------------------------------------------------------
@@ -462,13 +658,17 @@ class SiteBuilder:
             intro.lines.append("Results from one device only: nothing to set side by side yet.")
             return [intro]
         key = ["pair", "method", "backend", "family", "params", *D.SHAPE]
-        per = lat.pivot_table(index=key, columns=["device", "metric"], values="value", aggfunc="first",
-                              dropna=False)
+        per = lat.pivot_table(
+            index=key, columns=["device", "metric"], values="value", aggfunc="first", dropna=False
+        )
         devs = [d for d in self.devices if d in set(lat["device"])]
         cols = [("method", "method"), ("backend", "backend"), ("family", "family"), ("shape", "workload")]
         for d in devs:
-            cols += [(f"{d}: latency", "median ms"), (f"{d}: % of peak", "TFLOP/s over the device's dense peak"),
-                     (f"{d}: speedup", "vs mha/sdpa on the same device")]
+            cols += [
+                (f"{d}: latency", "median ms"),
+                (f"{d}: % of peak", "TFLOP/s over the device's dense peak"),
+                (f"{d}: speedup", "vs mha/sdpa on the same device"),
+            ]
         t = D.Table("xdev", cols, caption="Same method and shape on each device, normalised to the device")
         bars: dict[str, dict[str, float]] = {}
         for idx, r in per.iterrows():
@@ -476,9 +676,12 @@ class SiteBuilder:
             have = [d for d in devs if pd.notna(r.get((d, "latency_ms"), np.nan))]
             if len(have) < 2:
                 continue
-            cells = [D.Cell(k["method"], k["method"], "name", href=self.method_href.get(k["method"], "")),
-                     D.Cell(k["backend"], k["backend"]), D.Cell(k["family"], k["family"]),
-                     D.Cell(D.shape_label(k), _f(k["seq_len"]))]
+            cells = [
+                D.Cell(k["method"], k["method"], "name", href=self.method_href.get(k["method"], "")),
+                D.Cell(k["backend"], k["backend"]),
+                D.Cell(k["family"], k["family"]),
+                D.Cell(D.shape_label(k), _f(k["seq_len"])),
+            ]
             for d in devs:
                 lat_ms = r.get((d, "latency_ms"), np.nan)
                 pct = r.get((d, "pct_peak"), np.nan)
@@ -486,20 +689,30 @@ class SiteBuilder:
                     peak, tf = _peak(d, str(k["dtype"])), r.get((d, "tflops"), np.nan)
                     pct = 100 * tf / peak if peak and pd.notna(tf) else np.nan
                 sp = r.get((d, "speedup_vs_dense"), np.nan)
-                cells += [_cell("latency_ms", "ms", lat_ms), _cell("pct_peak", "%", pct), _cell("speedup", "x", sp)]
+                cells += [
+                    _cell("latency_ms", "ms", lat_ms),
+                    _cell("pct_peak", "%", pct),
+                    _cell("speedup", "x", sp),
+                ]
                 if pd.notna(pct) or pd.notna(sp):
-                    bars.setdefault(f"{k['pair']} N{_f(k['seq_len']) or 0:g}", {})[d] = \
+                    bars.setdefault(f"{k['pair']} N{_f(k['seq_len']) or 0:g}", {})[d] = (
                         float(pct) if pd.notna(pct) else float(sp)
+                    )
             t.rows.append((k["family"], cells))
         sec = Section("Same shape across devices", "xdev", tables=[t])
         if not t.rows:
             sec.lines.append("No (method, backend, shape) was measured on two devices.")
         else:
-            sec.lines.append("Normalised to each device: % of its dense peak where the peak is known, and "
-                             "speedup against the dense baseline measured on the same device.")
+            sec.lines.append(
+                "Normalised to each device: % of its dense peak where the peak is known, and "
+                "speedup against the dense baseline measured on the same device."
+            )
             longest = sorted(bars, key=lambda s: float(s.rsplit("N", 1)[1]))[-24:]
-            p = self.plots.bars({k: bars[k] for k in longest}, title="% of peak (or speedup vs dense) by device",
-                                ylabel="% of peak / speedup")
+            p = self.plots.bars(
+                {k: bars[k] for k in longest},
+                title="% of peak (or speedup vs dense) by device",
+                ylabel="% of peak / speedup",
+            )
             if p:
                 sec.plots.append(p)
         return [intro, sec]
@@ -518,7 +731,9 @@ def _params(s: str) -> dict[str, Any]:
 def _varying_params(rows: pd.DataFrame) -> list[str]:
     """Numeric param keys that take several values among `rows`."""
     parsed = rows["params"].map(_params)
-    keys = sorted({k for p in parsed for k, v in p.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+    keys = sorted(
+        {k for p in parsed for k, v in p.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    )
     return [k for k in keys if parsed.map(lambda p, k=k: p.get(k)).nunique() > 1]
 
 
@@ -539,7 +754,9 @@ def _f(x: Any) -> float | None:
 
 
 def _cell(metric: str, unit: str, v: Any) -> D.Cell:
-    return D.empty_cell() if v is None or pd.isna(v) else D.Cell(D.fmt(metric, unit, float(v)), float(v), "num")
+    return (
+        D.empty_cell() if v is None or pd.isna(v) else D.Cell(D.fmt(metric, unit, float(v)), float(v), "num")
+    )
 
 
 def _mem_ratio(mem: pd.DataFrame, pair: str) -> D.Cell:
@@ -549,8 +766,13 @@ def _mem_ratio(mem: pd.DataFrame, pair: str) -> D.Cell:
         return D.empty_cell()
     r = shared.sort_values("seq_len").iloc[-1]
     ratio = float(r["value"]) / float(r["value_d"]) if r["value_d"] else math.nan
-    return D.Cell(f"{ratio:.3g}×", ratio, "num", f"at {D.shape_label(r)}: {D.fmt('peak_mem_bytes', 'bytes', r['value'])}"
-                  f" vs {D.fmt('peak_mem_bytes', 'bytes', r['value_d'])}")
+    return D.Cell(
+        f"{ratio:.3g}×",
+        ratio,
+        "num",
+        f"at {D.shape_label(r)}: {D.fmt('peak_mem_bytes', 'bytes', r['value'])}"
+        f" vs {D.fmt('peak_mem_bytes', 'bytes', r['value_d'])}",
+    )
 
 
 def build_site(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> Path:

@@ -14,15 +14,19 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pytest
-
 from test_report import XSS, real_cpu_run, write_synthetic
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
-    pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed "
-                               "(pip install playwright; never `playwright install`)")
+    pytest.skip(
+        f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api",
+    reason="the playwright Python package is not installed "
+    "(pip install playwright; never `playwright install`)",
+)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
@@ -88,7 +92,8 @@ def test_every_page_loads_with_plots_links_and_no_errors(site: Path, browser: An
 def _column(page: Any, table: str, index: int) -> list[str | None]:
     return page.eval_on_selector_all(
         f"#{table} tbody tr:not([hidden])",
-        f"rows => rows.map(r => r.cells[{index}].getAttribute('data-sort'))")
+        f"rows => rows.map(r => r.cells[{index}].getAttribute('data-sort'))",
+    )
 
 
 A100 = "table.sortable[id^='lb-nvidia-a100']"  # the synthetic device with an oom cell
@@ -103,7 +108,7 @@ def test_leaderboard_sorts(site: Path, browser: Any) -> None:
     asc = _column(page, table, col)
     nums = [float(x) for x in asc if x is not None]
     assert nums == sorted(nums) and len(nums) >= 3
-    assert asc[len(nums):] == [None] * (len(asc) - len(nums))  # status cells (oom) sort last
+    assert asc[len(nums) :] == [None] * (len(asc) - len(nums))  # status cells (oom) sort last
     page.click(f"#{table} thead th:nth-child({col + 1})")
     desc = _column(page, table, col)
     assert [float(x) for x in desc if x is not None] == sorted(nums, reverse=True)
@@ -120,12 +125,16 @@ def test_leaderboard_filters(site: Path, browser: Any) -> None:
     bar = f".filters[data-table='{table}']"
     total = page.eval_on_selector_all(f"#{table} tbody tr", "rs => rs.length")
     page.select_option(f"{bar} select", "linear")
-    fams = page.eval_on_selector_all(f"#{table} tbody tr:not([hidden])", "rs => rs.map(r => r.dataset.family)")
+    fams = page.eval_on_selector_all(
+        f"#{table} tbody tr:not([hidden])", "rs => rs.map(r => r.dataset.family)"
+    )
     assert fams == ["linear"]
     assert page.text_content(f"{bar} .count") == f"1 of {total} rows"
     page.select_option(f"{bar} select", "")
     page.fill(f"{bar} input", "reference")
-    shown = page.eval_on_selector_all(f"#{table} tbody tr:not([hidden])", "rs => rs.map(r => r.cells[1].textContent)")
+    shown = page.eval_on_selector_all(
+        f"#{table} tbody tr:not([hidden])", "rs => rs.map(r => r.cells[1].textContent)"
+    )
     assert shown == ["reference"]
     page.fill(f"{bar} input", "")
     assert page.eval_on_selector_all(f"#{table} tbody tr:not([hidden])", "rs => rs.length") == total

@@ -23,9 +23,19 @@ SEQ = (128, 256)
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def rows(run: str, *, seed: int, slow: dict[str, float] | None = None, machine: str = "cpu-A",
-         scale: float = 1.0, noise: float = 0.02, failed: set[str] = frozenset(), drop: set[str] = frozenset(),
-         accuracy: float = 0.9, created: datetime = T0) -> list[dict[str, Any]]:
+def rows(
+    run: str,
+    *,
+    seed: int,
+    slow: dict[str, float] | None = None,
+    machine: str = "cpu-A",
+    scale: float = 1.0,
+    noise: float = 0.02,
+    failed: set[str] = frozenset(),
+    drop: set[str] = frozenset(),
+    accuracy: float = 0.9,
+    created: datetime = T0,
+) -> list[dict[str, Any]]:
     """One synthetic run: latency (7 samples per case), peak memory and an accuracy proxy."""
     rng = np.random.default_rng(seed)
     out = []
@@ -36,27 +46,92 @@ def rows(run: str, *, seed: int, slow: dict[str, float] | None = None, machine: 
             if cid in drop:
                 continue
             base = dict.fromkeys(results.COLUMNS)
-            base.update(run_id=run, created_at=created, suite="latency", case_id=cid, method=method,
-                        backend=backend, family="dense", params="{}", workload_id=f"N{n}", batch=1, heads=2,
-                        kv_heads=2, seq_len=n, seq_kv=n, head_dim=32, dtype="float32", causal=False, mode="fwd",
-                        device_kind="cpu", device_name=machine, num_threads=2, torch_version="2.13.0",
-                        git_sha=run, status="ok", error="", stat="median", suite_version=1)
+            base.update(
+                run_id=run,
+                created_at=created,
+                suite="latency",
+                case_id=cid,
+                method=method,
+                backend=backend,
+                family="dense",
+                params="{}",
+                workload_id=f"N{n}",
+                batch=1,
+                heads=2,
+                kv_heads=2,
+                seq_len=n,
+                seq_kv=n,
+                head_dim=32,
+                dtype="float32",
+                causal=False,
+                mode="fwd",
+                device_kind="cpu",
+                device_name=machine,
+                num_threads=2,
+                torch_version="2.13.0",
+                git_sha=run,
+                status="ok",
+                error="",
+                stat="median",
+                suite_version=1,
+            )
             if pair in failed:
                 for suite, case in (("latency", cid), ("memory", f"mem-{cid}")):
-                    out.append({**base, "suite": suite, "case_id": case, "metric": "status", "status": "error",
-                                "error": "RuntimeError: boom", "stat": "value"})
+                    out.append(
+                        {
+                            **base,
+                            "suite": suite,
+                            "case_id": case,
+                            "metric": "status",
+                            "status": "error",
+                            "error": "RuntimeError: boom",
+                            "stat": "value",
+                        }
+                    )
                 continue
             true = 0.001 * n * (3.0 if backend == "reference" else 1.0) * scale * (slow or {}).get(pair, 1.0)
             s = true * np.exp(rng.normal(0, noise, 7))
-            out.append({**base, "metric": "latency_ms", "value": float(np.median(s)), "unit": "ms", "n": 7,
-                        "p20": float(np.percentile(s, 20)), "p80": float(np.percentile(s, 80)),
-                        "samples": [float(x) for x in s]})
+            out.append(
+                {
+                    **base,
+                    "metric": "latency_ms",
+                    "value": float(np.median(s)),
+                    "unit": "ms",
+                    "n": 7,
+                    "p20": float(np.percentile(s, 20)),
+                    "p80": float(np.percentile(s, 80)),
+                    "samples": [float(x) for x in s],
+                }
+            )
             out.append({**base, "metric": "speedup_vs_dense", "value": 1.0, "unit": "x"})
-            out.append({**base, "suite": "memory", "case_id": f"mem-{cid}", "metric": "peak_mem_bytes",
-                        "value": float(n * n * 64), "unit": "bytes", "stat": "max", "n": 1})
-        out.append({**base, "suite": "mqar", "case_id": f"mqar-{pair}", "metric": "accuracy",
-                    "value": accuracy, "unit": "", "stat": "value", "n": 1, "p20": None, "p80": None,
-                    "samples": None, "seq_len": 64})
+            out.append(
+                {
+                    **base,
+                    "suite": "memory",
+                    "case_id": f"mem-{cid}",
+                    "metric": "peak_mem_bytes",
+                    "value": float(n * n * 64),
+                    "unit": "bytes",
+                    "stat": "max",
+                    "n": 1,
+                }
+            )
+        out.append(
+            {
+                **base,
+                "suite": "mqar",
+                "case_id": f"mqar-{pair}",
+                "metric": "accuracy",
+                "value": accuracy,
+                "unit": "",
+                "stat": "value",
+                "n": 1,
+                "p20": None,
+                "p80": None,
+                "samples": None,
+                "seq_len": 64,
+            }
+        )
     return out
 
 
@@ -103,7 +178,9 @@ def test_status_changes_and_vanished_cases(tmp_path: Path) -> None:
     assert "ok → error: RuntimeError: boom" in failed[0].note
     vanished = by_verdict(cmp, "vanished")
     assert {(e.suite, e.method, e.backend, e.workload) for e in vanished} == {
-        ("latency", "mha", "reference", "N256"), ("memory", "mha", "reference", "N256")}
+        ("latency", "mha", "reference", "N256"),
+        ("memory", "mha", "reference", "N256"),
+    }
     back = gate.compare([head], [base])
     assert {(e.method, e.backend) for e in by_verdict(back, "fixed")} == {("window", "flex")}
     assert by_verdict(back, "new") and back.exit_code == 0
@@ -148,7 +225,8 @@ def test_replicated_runs_are_pooled(tmp_path: Path) -> None:
         write(h / f"r{r}", with_sha(rows(f"h{r}", seed=20 + r, created=t, slow={"mha/sdpa": 1.3}), "head"))
     cmp = gate.compare([b], [h])
     assert {(e.method, e.backend, e.metric) for e in by_verdict(cmp, "regression")} == {
-        ("mha", "sdpa", "latency_ms")}
+        ("mha", "sdpa", "latency_ms")
+    }
 
 
 def with_sha(rs: list[dict[str, Any]], sha: str) -> list[dict[str, Any]]:
@@ -178,7 +256,9 @@ def test_unusable_input(tmp_path: Path) -> None:
     with pytest.raises(gate.GateInputError, match="no result rows"):
         gate.compare([base], [tmp_path / "empty"])
     table = pq.read_table(next(base.glob("*.parquet")))
-    pq.write_table(table.replace_schema_metadata({b"attnbench.schema_version": b"7.1"}), tmp_path / "v7.parquet")
+    pq.write_table(
+        table.replace_schema_metadata({b"attnbench.schema_version": b"7.1"}), tmp_path / "v7.parquet"
+    )
     with pytest.raises(gate.GateInputError, match="7.1"):
         gate.compare([base], [tmp_path / "v7.parquet"])
     with pytest.raises(gate.GateInputError, match="threshold"):
@@ -214,14 +294,17 @@ def test_ab_mode_measures_each_commit(tmp_path: Path) -> None:
     (repo / "attnbench").mkdir(parents=True)
     (repo / "impls").mkdir()
     template = write(tmp_path / "template", rows("t", seed=1))
-    (repo / "pyproject.toml").write_text(textwrap.dedent('''
+    (repo / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [tool.setuptools.package-dir]
         "attnbench" = "attnbench"
         "attnbench.impls" = "impls"
-    '''))
+    """)
+    )
     (repo / "attnbench" / "__init__.py").write_text("")
     (repo / "attnbench" / "cli.py").write_text(
-        f"TEMPLATE = {str(next(template.glob('*.parquet')))!r}\n" + FAKE_CLI)
+        f"TEMPLATE = {str(next(template.glob('*.parquet')))!r}\n" + FAKE_CLI
+    )
     (repo / "impls" / "__init__.py").write_text("")
     (repo / "impls" / "speed.py").write_text("SPEED = 1.0\n")
 
@@ -232,8 +315,13 @@ def test_ab_mode_measures_each_commit(tmp_path: Path) -> None:
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "base")
     (repo / "impls" / "speed.py").write_text("SPEED = 1.5\n")  # the working tree is slower
-    cmp = gate.ab_compare("HEAD", run_args=["--preset", "smoke"], repo=repo, rounds=2,
-                          console=Console(file=open("/dev/null", "w")))  # noqa: SIM115
+    cmp = gate.ab_compare(
+        "HEAD",
+        run_args=["--preset", "smoke"],
+        repo=repo,
+        rounds=2,
+        console=Console(file=open("/dev/null", "w")),
+    )  # noqa: SIM115
     assert cmp.exit_code == 1, cmp.to_markdown()
     assert {(e.method, e.metric) for e in by_verdict(cmp, "regression")} == {("window", "latency_ms")}
     assert cmp.base_label.startswith("HEAD (") and "2 interleaved rounds" in cmp.warnings[0]

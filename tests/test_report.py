@@ -23,16 +23,39 @@ from attnbench.benchjson import load_inputs, rows_from_benchmark_json
 XSS = "<script>alert(1)</script>"
 DEVICES = {"NVIDIA H100 80GB HBM3": 1.0, "NVIDIA A100-SXM4-80GB": 2.6}
 # (method, backend, family, speed relative to dense)
-ENTRIES = [("mha", "sdpa", "dense", 1.0), ("mha", "reference", "dense", 3.0),
-           ("toy_linear", "native", "linear", 0.4), (XSS, "flex", "sparse-local", 0.7)]
+ENTRIES = [
+    ("mha", "sdpa", "dense", 1.0),
+    ("mha", "reference", "dense", 3.0),
+    ("toy_linear", "native", "linear", 0.4),
+    (XSS, "flex", "sparse-local", 0.7),
+]
 SEQ = (256, 1024, 4096)
 
 
 def _row(**kw: Any) -> dict[str, Any]:
     row = dict.fromkeys(results.COLUMNS)
-    row.update(status="ok", error="", stat="value", unit="", n=1, params="{}", suite_version=1, batch=1, heads=8,
-               kv_heads=8, head_dim=64, dtype="bfloat16", causal=False, mode="fwd", seed=0, preset="synthetic",
-               torch_version="2.13.0", num_threads=1, hostname="box", git_sha="abc123")
+    row.update(
+        status="ok",
+        error="",
+        stat="value",
+        unit="",
+        n=1,
+        params="{}",
+        suite_version=1,
+        batch=1,
+        heads=8,
+        kv_heads=8,
+        head_dim=64,
+        dtype="bfloat16",
+        causal=False,
+        mode="fwd",
+        seed=0,
+        preset="synthetic",
+        torch_version="2.13.0",
+        num_threads=1,
+        hostname="box",
+        git_sha="abc123",
+    )
     row.update(kw)
     row["seq_kv"] = row["seq_len"]
     row["workload_id"] = row["workload_id"] or f"B1-Hq8-Hkv8-N{row['seq_len']}-D64-bf16-full-fwd"
@@ -41,60 +64,227 @@ def _row(**kw: Any) -> dict[str, Any]:
 
 def synthetic_rows(device: str, slow: float, run_id: str, created: datetime) -> list[dict[str, Any]]:
     """One device's rows over every suite, with samples, statuses and accuracy proxies."""
-    base = {"run_id": run_id, "created_at": created, "device_name": device, "device_kind": "cuda",
-            "device_capability": "9.0" if "H100" in device else "8.0"}
+    base = {
+        "run_id": run_id,
+        "created_at": created,
+        "device_name": device,
+        "device_kind": "cuda",
+        "device_capability": "9.0" if "H100" in device else "8.0",
+    }
     out: list[dict[str, Any]] = []
     for method, backend, family, speed in ENTRIES:
         m = dict(base, method=method, backend=backend, family=family)
         for n in SEQ:
             cid = f"lat-{method}-{backend}-{n}"
             if method == "toy_linear" and n == 4096 and "A100" in device:
-                out.append(_row(**m, suite="latency", case_id=cid, seq_len=n, metric="status", status="oom",
-                                error="CUDA out of memory. Tried to allocate 8.00 GiB"))
+                out.append(
+                    _row(
+                        **m,
+                        suite="latency",
+                        case_id=cid,
+                        seq_len=n,
+                        metric="status",
+                        status="oom",
+                        error="CUDA out of memory. Tried to allocate 8.00 GiB",
+                    )
+                )
                 continue
             ms = 0.01 * slow * speed * (n / 256) ** (1.2 if family == "linear" else 1.8)
             samples = [ms * (1 + 0.01 * k) for k in range(-3, 4)]
             tflops = 4 * 8 * n * n * 64 / (ms * 1e-3) / 1e12
             peak = 989.0 if "H100" in device else 312.0
-            out += [_row(**m, suite="latency", case_id=cid, seq_len=n, metric="latency_ms", value=ms, unit="ms",
-                         stat="median", n=7, p20=samples[1], p80=samples[5], samples=samples),
-                    _row(**m, suite="latency", case_id=cid, seq_len=n, metric="setup_ms", value=0.3, unit="ms"),
-                    _row(**m, suite="latency", case_id=cid, seq_len=n, metric="tflops", value=tflops,
-                         unit="TFLOP/s", stat="median"),
-                    _row(**m, suite="latency", case_id=cid, seq_len=n, metric="pct_peak", value=100 * tflops / peak,
-                         unit="%", stat="median"),
-                    _row(**m, suite="latency", case_id=cid, seq_len=n, metric="speedup_vs_dense",
-                         value=1.0 / speed, unit="x", stat="median")]
-            out.append(_row(**m, suite="memory", case_id=f"mem-{method}-{backend}-{n}", seq_len=n,
-                            metric="peak_mem_bytes", value=float(n * n * (2 if family == "dense" else 0.1) + 1e6),
-                            unit="bytes", stat="max"))
-            out.append(_row(**m, suite="flops", case_id=f"fl-{method}-{backend}-{n}", seq_len=n,
-                            metric="flops_useful", value=4.0 * 8 * n * n * 64, unit="FLOP"))
+            out += [
+                _row(
+                    **m,
+                    suite="latency",
+                    case_id=cid,
+                    seq_len=n,
+                    metric="latency_ms",
+                    value=ms,
+                    unit="ms",
+                    stat="median",
+                    n=7,
+                    p20=samples[1],
+                    p80=samples[5],
+                    samples=samples,
+                ),
+                _row(**m, suite="latency", case_id=cid, seq_len=n, metric="setup_ms", value=0.3, unit="ms"),
+                _row(
+                    **m,
+                    suite="latency",
+                    case_id=cid,
+                    seq_len=n,
+                    metric="tflops",
+                    value=tflops,
+                    unit="TFLOP/s",
+                    stat="median",
+                ),
+                _row(
+                    **m,
+                    suite="latency",
+                    case_id=cid,
+                    seq_len=n,
+                    metric="pct_peak",
+                    value=100 * tflops / peak,
+                    unit="%",
+                    stat="median",
+                ),
+                _row(
+                    **m,
+                    suite="latency",
+                    case_id=cid,
+                    seq_len=n,
+                    metric="speedup_vs_dense",
+                    value=1.0 / speed,
+                    unit="x",
+                    stat="median",
+                ),
+            ]
+            out.append(
+                _row(
+                    **m,
+                    suite="memory",
+                    case_id=f"mem-{method}-{backend}-{n}",
+                    seq_len=n,
+                    metric="peak_mem_bytes",
+                    value=float(n * n * (2 if family == "dense" else 0.1) + 1e6),
+                    unit="bytes",
+                    stat="max",
+                )
+            )
+            out.append(
+                _row(
+                    **m,
+                    suite="flops",
+                    case_id=f"fl-{method}-{backend}-{n}",
+                    seq_len=n,
+                    metric="flops_useful",
+                    value=4.0 * 8 * n * n * 64,
+                    unit="FLOP",
+                )
+            )
             # a metric this renderer has never heard of
-            out.append(_row(**m, suite="flops", case_id=f"fl-{method}-{backend}-{n}", seq_len=n,
-                            metric="mystery_metric", value=float(n), unit="widgets"))
+            out.append(
+                _row(
+                    **m,
+                    suite="flops",
+                    case_id=f"fl-{method}-{backend}-{n}",
+                    seq_len=n,
+                    metric="mystery_metric",
+                    value=float(n),
+                    unit="widgets",
+                )
+            )
         wrong = method == XSS
-        out.append(_row(**m, suite="correctness", case_id=f"cor-{method}-{backend}", seq_len=64,
-                        metric="max_abs_err", value=0.3 if wrong else 1e-6, status="wrong" if wrong else "ok",
-                        error="max abs err 0.3 > tol 0.02" if wrong else ""))
+        out.append(
+            _row(
+                **m,
+                suite="correctness",
+                case_id=f"cor-{method}-{backend}",
+                seq_len=64,
+                metric="max_abs_err",
+                value=0.3 if wrong else 1e-6,
+                status="wrong" if wrong else "ok",
+                error="max abs err 0.3 > tol 0.02" if wrong else "",
+            )
+        )
         if backend == "reference":
             continue
         if method == "toy_linear":
-            out.append(_row(**m, suite="image_cls", case_id=f"img-{method}", seq_len=64, metric="status",
-                            status="unsupported", error="toy_linear has no 2-D form"))
+            out.append(
+                _row(
+                    **m,
+                    suite="image_cls",
+                    case_id=f"img-{method}",
+                    seq_len=64,
+                    metric="status",
+                    status="unsupported",
+                    error="toy_linear has no 2-D form",
+                )
+            )
         else:
-            out.append(_row(**m, suite="image_cls", case_id=f"img-{method}", seq_len=64, metric="top1",
-                            value=0.8 * speed))
+            out.append(
+                _row(
+                    **m,
+                    suite="image_cls",
+                    case_id=f"img-{method}",
+                    seq_len=64,
+                    metric="top1",
+                    value=0.8 * speed,
+                )
+            )
         for n in (64, 128):
-            out.append(_row(**m, suite="mqar", case_id=f"mqar-{method}-{n}", seq_len=n, metric="accuracy",
-                            value=min(1.0, 0.5 + 0.4 / speed) if family != "linear" else 0.6))
-        for n in (512, 1024, 2048):
+            acc = min(1.0, 0.5 + 0.4 / speed) if family != "linear" else 0.6
+            out += [
+                _row(
+                    **m,
+                    suite="mqar",
+                    case_id=f"mqar-{method}-{n}",
+                    seq_len=n,
+                    metric="mqar_acc",
+                    value=acc,
+                    unit="fraction",
+                ),
+                _row(
+                    **m,
+                    suite="mqar",
+                    case_id=f"mqar-{method}-{n}",
+                    seq_len=n,
+                    metric="mqar_acc_k4",
+                    value=acc * 0.9,
+                    unit="fraction",
+                ),
+            ]
+        for n in (512, 1024, 2048):  # one NIAH case; a row per grid cell with seq_len = the cell's length
             for depth in (0.0, 0.5, 1.0):
-                out.append(_row(**m, suite="niah", case_id=f"niah-{method}", seq_len=n, metric="accuracy",
-                                params=json.dumps({"depth": depth}), value=1.0 - depth * n / 8192))
+                out.append(
+                    _row(
+                        **m,
+                        suite="niah",
+                        case_id=f"niah-{method}",
+                        seq_len=n,
+                        unit="fraction",
+                        metric=f"niah_acc_depth{depth:g}",
+                        value=1.0 - depth * n / 8192,
+                    )
+                )
+        out.append(
+            _row(
+                **m,
+                suite="niah",
+                case_id=f"niah-{method}",
+                seq_len=1024,
+                metric="niah_acc_in_range",
+                value=0.9,
+                unit="fraction",
+                stat="mean",
+            )
+        )
+        out.append(
+            _row(
+                **m,
+                suite="icl_regression",
+                case_id=f"icl-{method}",
+                seq_len=33,
+                metric="icl_mse",
+                value=0.1 + 0.05 * speed,
+                unit="mse",
+            )
+        )
         for k in (1, 2, 4, 8):
-            out.append(_row(**m, suite="icl_regression", case_id=f"icl-{method}", seq_len=128, metric="mse",
-                            params=json.dumps({"n_examples": k}), value=1.0 / k + 0.05 * speed))
+            for curve, v in (("model", 1.0 / k + 0.05 * speed), ("ols", 1.0 / k)):
+                out.append(
+                    _row(
+                        **m,
+                        suite="icl_regression",
+                        case_id=f"icl-{method}",
+                        seq_len=k,
+                        unit="mse",
+                        metric=f"icl_curve_{curve}",
+                        value=v,
+                        stat="mean",
+                    )
+                )
     return out
 
 
@@ -116,8 +306,17 @@ def real_cpu_run(folder: Path) -> Path | None:
         from attnbench.runner import Runner
     except ImportError:
         return None
-    pre = load_preset("smoke", ['suites=["latency"]', 'methods=["mha"]', 'backends=["sdpa", "reference"]',
-                                'device="cpu"', "shapes.seq_lens=[64]", "suite.latency.seq_lens=[64]"])
+    pre = load_preset(
+        "smoke",
+        [
+            'suites=["latency"]',
+            'methods=["mha"]',
+            'backends=["sdpa", "reference"]',
+            'device="cpu"',
+            "shapes.seq_lens=[64]",
+            "suite.latency.seq_lens=[64]",
+        ],
+    )
     out = folder / "cpu"
     Runner(pre, out).run()
     return out
@@ -186,9 +385,14 @@ def test_leaderboard_cells(site: tuple[Path, list[Path]]) -> None:
     assert html.count('class="sortable"') >= 4  # leaderboard + aggregates per device
     for dev in DEVICES:
         assert dev in html
-    assert re.search(r'class="st st-oom" title="CUDA out of memory', (index.parent / "suite-latency.html").read_text())
+    assert re.search(
+        r'class="st st-oom" title="CUDA out of memory', (index.parent / "suite-latency.html").read_text()
+    )
     assert 'class="st st-wrong"' in html  # the XSS method fails correctness
-    assert "fast₁" in html and "win rate" in html and "mqar accuracy" in html
+    assert "fast₁" in html and "win rate" in html
+    assert "MQAR accuracy" in html and "NIAH accuracy" in html and "ICL MSE" in html and "top-1" in html
+    icl = (index.parent / "suite-icl_regression.html").read_text()
+    assert "error vs number of in-context examples" in icl
     assert 'data-family="linear"' in html
     flops = (index.parent / "suite-flops.html").read_text()
     assert "mystery metric" in flops  # unknown metrics get a generic column
@@ -227,8 +431,10 @@ def test_latest_run_per_case_and_multi_row_metrics(tmp_path: Path) -> None:
     results.write_part(tmp_path, new, run_id="new")
     df = load_inputs([tmp_path])
     assert set(df["run_id"]) == {"new"}
-    niah = df[(df["suite"] == "niah") & (df["method"] == "mha")]
-    assert len(niah) == 9  # 3 lengths × 3 depths survive de-duplication
+    icl = df[
+        (df["suite"] == "icl_regression") & (df["metric"] == "icl_curve_model") & (df["method"] == "mha")
+    ]
+    assert len(icl) == 4  # one row per k (seq_len override) survives de-duplication
 
 
 def test_aggregates() -> None:
@@ -238,13 +444,26 @@ def test_aggregates() -> None:
     for pair, times in (("mha/sdpa", (1.0, 1.0)), ("a/x", (0.5, 2.0)), ("b/y", (0.8, None))):
         m, b = pair.split("/")
         for n, t in zip((1, 2), times, strict=True):
-            base = {"pair": pair, "method": m, "backend": b, "case_id": f"{pair}{n}", "batch": 1, "heads": 1,
-                    "head_dim": 1, "dtype": "f", "causal": False, "mode": "fwd", "seq_len": n}
+            base = {
+                "pair": pair,
+                "method": m,
+                "backend": b,
+                "case_id": f"{pair}{n}",
+                "batch": 1,
+                "heads": 1,
+                "head_dim": 1,
+                "dtype": "f",
+                "causal": False,
+                "mode": "fwd",
+                "seq_len": n,
+            }
             if t is None:
                 rows.append({**base, "metric": "status", "status": "oom", "value": None})
             else:
-                rows += [{**base, "metric": "latency_ms", "status": "ok", "value": t},
-                         {**base, "metric": "speedup_vs_dense", "status": "ok", "value": 1.0 / t}]
+                rows += [
+                    {**base, "metric": "latency_ms", "status": "ok", "value": t},
+                    {**base, "metric": "speedup_vs_dense", "status": "ok", "value": 1.0 / t},
+                ]
     lat = pd.DataFrame(rows)
     assert D.fast_p(lat, "a/x", 1.0, set()) == (0.5, 2)
     assert D.fast_p(lat, "a/x", 1.0, {"a/x"}) == (0.0, 2)
@@ -257,12 +476,31 @@ def test_aggregates() -> None:
 
 
 def test_benchmark_json_bridge(tmp_path: Path) -> None:
-    doc = {"machine_info": {"node": "ci", "cpu": {"brand_raw": "Some CPU"}}, "commit_info": {"id": "deadbeef"},
-           "datetime": "2025-01-02T03:04:05.000000", "version": "5.1.0",
-           "benchmarks": [{"group": "mha", "name": "test_mha[256]", "fullname": "tests/bench/x.py::test_mha[256]",
-                           "params": {"n": 256}, "extra_info": {"backend": "sdpa", "seq_len": 256},
-                           "stats": {"min": 0.001, "max": 0.003, "mean": 0.002, "median": 0.002, "q1": 0.0015,
-                                     "q3": 0.0025, "rounds": 5, "data": [0.001, 0.0015, 0.002, 0.0025, 0.003]}}]}
+    doc = {
+        "machine_info": {"node": "ci", "cpu": {"brand_raw": "Some CPU"}},
+        "commit_info": {"id": "deadbeef"},
+        "datetime": "2025-01-02T03:04:05.000000",
+        "version": "5.1.0",
+        "benchmarks": [
+            {
+                "group": "mha",
+                "name": "test_mha[256]",
+                "fullname": "tests/bench/x.py::test_mha[256]",
+                "params": {"n": 256},
+                "extra_info": {"backend": "sdpa", "seq_len": 256},
+                "stats": {
+                    "min": 0.001,
+                    "max": 0.003,
+                    "mean": 0.002,
+                    "median": 0.002,
+                    "q1": 0.0015,
+                    "q3": 0.0025,
+                    "rounds": 5,
+                    "data": [0.001, 0.0015, 0.002, 0.0025, 0.003],
+                },
+            }
+        ],
+    }
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(doc))
     rows = rows_from_benchmark_json(path)
