@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from attnbench.presets import PresetError, apply_override, load_preset
+from attnbench.presets import PresetError, load_preset
 from attnbench.registry import METHODS, SUITES, UnknownNameError, load_plugins
 
 app = typer.Typer(help="Benchmark attention mechanisms: speed, memory, FLOPs, correctness, accuracy.",

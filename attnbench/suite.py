@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from attnbench.spec import Backend, Status, Workload, params_json
+from attnbench.spec import Backend, Status, Workload
 
 if TYPE_CHECKING:
     from attnbench.presets import Preset

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
+from attnbench.execute import workload_for
 from attnbench.inputs import make_qkv, make_x
 from attnbench.kernelsuite import KernelSuite
 from attnbench.layers import build_layer
 from attnbench.registry import METHODS, MethodEntry, register_suite
 from attnbench.spec import Backend, Status, Tolerance, Workload, run_params
 from attnbench.suite import Case, Row
-from attnbench.execute import workload_for
 
 
 @dataclass

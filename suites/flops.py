@@ -9,7 +9,6 @@ from attnbench.registry import METHODS, register_suite
 from attnbench.spec import Backend
 from attnbench.suite import Case, Row
 
-
 # FlopCounterMode raises inside flex_attention, and a failed trace under it poisons dynamo's cache.
 UNCOUNTABLE = (Backend.FLEX, Backend.FLEX_COMPILED)
 

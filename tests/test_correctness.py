@@ -12,10 +12,11 @@ from attnbench.registry import METHODS, SUITES
 from attnbench.spec import Backend, Workload, params_json
 from attnbench.suite import Case
 
-WORKLOADS = [
+WORKLOADS = [  # small; one N that is not a multiple of 64 (padding paths), grouped kv both ways
     Workload(batch=2, heads_q=2, heads_kv=2, seq_q=64, seq_kv=64, head_dim=16, causal=False),
     Workload(batch=2, heads_q=2, heads_kv=2, seq_q=64, seq_kv=64, head_dim=16, causal=True),
-    Workload(batch=1, heads_q=4, heads_kv=2, seq_q=64, seq_kv=64, head_dim=16, causal=True),
+    Workload(batch=1, heads_q=4, heads_kv=2, seq_q=80, seq_kv=80, head_dim=16, causal=True),
+    Workload(batch=1, heads_q=4, heads_kv=2, seq_q=64, seq_kv=64, head_dim=16, causal=False),
 ]
 
 
