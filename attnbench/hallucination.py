@@ -99,7 +99,8 @@ COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
     "boat": ("ship", "sailboat", "kayak", "canoe", "yacht", "ferry"), "traffic light": ("stoplight", "traffic signal"),
     "fire hydrant": ("hydrant",), "stop sign": (), "parking meter": ("meter",), "bench": (),
     "bird": ("pigeon", "seagull", "duck", "parrot", "gull", "goose"), "cat": ("kitten", "kitty"),
-    "dog": ("puppy", "pup"), "horse": ("pony", "foal"), "sheep": ("lamb", "ram"), "cow": ("cattle", "calf", "bull", "ox"),
+    "dog": ("puppy", "pup"), "horse": ("pony", "foal"), "sheep": ("lamb", "ram"),
+    "cow": ("cattle", "calf", "bull", "ox"),
     "elephant": (), "bear": ("grizzly",), "zebra": (), "giraffe": (), "backpack": ("knapsack",),
     "umbrella": ("parasol",), "handbag": ("purse", "bag"), "tie": ("necktie", "bow tie"), "suitcase": ("luggage",),
     "frisbee": (), "skis": ("ski",), "snowboard": (), "sports ball": ("ball", "football", "baseball", "basketball",
@@ -390,7 +391,8 @@ def apply_intervention(model: nn.Module, method: str, params: Mapping[str, Any] 
     Weights are shared by value (deep copy); `params` are the intervention's (its `base` and
     `base_params` are filled from each layer). A true `except_last_layer` in the method's params
     leaves the last attention layer as is (VAR). `layers` (attention-layer index → param overrides)
-    wraps only the listed layers, each with its own params (HeadHunter's per-layer head sets). Layer methods (own projections) cannot be wrapped: ValueError.
+    wraps only the listed layers, each with its own params (HeadHunter's per-layer head sets).
+    Layer methods (own projections) cannot be wrapped: ValueError.
     """
     from attnbench.layers import AttentionLayer, build_layer
     from attnbench.registry import METHODS

@@ -108,7 +108,8 @@ def logits(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params,
     b, h, nq, nk = s.shape
     dev = q.device
     idx = (torch.arange(b, device=dev)[:, None, None, None], torch.arange(h, device=dev)[None, :, None, None],
-           torch.arange(q_offset, q_offset + nq, device=dev)[None, None, :, None], torch.arange(nk, device=dev)[None, None, None, :])
+           torch.arange(q_offset, q_offset + nq, device=dev)[None, None, :, None],
+           torch.arange(nk, device=dev)[None, None, None, :])
     if score_mod is not None:
         s = score_mod(s, *idx).to(acc)
     allowed = torch.ones(s.shape, dtype=torch.bool, device=dev)
