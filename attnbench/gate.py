@@ -339,7 +339,7 @@ class _Side:
 
 
 def _side(rows: pd.DataFrame, scale: pd.Series | None = None) -> _Side | None:
-    ok = rows[(rows["status"] == "ok") & rows["value"].notna()]
+    ok = rows[(rows["status"] == "ok") & rows["value"].notna()].sort_values("created_at", kind="stable")
     if ok.empty:
         return None
     values, samples, spread = [], [], []
@@ -366,11 +366,40 @@ def _boot_centers(side: _Side, rng: np.random.Generator) -> np.ndarray:
     return np.median(meds[pick, np.arange(_BOOT)[:, None]], axis=1)
 
 
+def paired(base: _Side, head: _Side) -> bool:
+    """Replicated on both sides the same number of times (A/B rounds): the i-th runs form a pair."""
+    n = len(base.values)
+    return n >= 2 and n == len(head.values) and min(base.values + head.values) > 0
+
+
+def _boot_rounds(side: _Side, rng: np.random.Generator) -> np.ndarray:
+    """`[runs, B]` bootstrap medians of each run's samples."""
+    out = np.empty((len(side.samples), _BOOT))
+    for i, s in enumerate(side.samples):
+        out[i] = np.median(s[rng.integers(0, len(s), (_BOOT, len(s)))], axis=1) if len(s) > 1 else s[0]
+    return out
+
+
+def paired_factor(base: _Side, head: _Side) -> float:
+    """Geometric mean over rounds of head/base (the higher-is-worse ratio)."""
+    return float(np.exp(np.mean(np.log(np.asarray(head.values) / np.asarray(base.values)))))
+
+
 def significance(base: _Side, head: _Side, worse_is_higher: bool, timed: bool) -> tuple[float | None, str]:
-    """One-sided p-value that HEAD is worse than BASE, and how it was obtained (None: untestable)."""
+    """One-sided p-value that HEAD is worse than BASE, and how it was obtained (None: untestable).
+
+    Paired rounds: resample rounds (keeping pairs), then samples within each run, and test the
+    mean log ratio; so a difference must hold across rounds, while drift between rounds cancels.
+    """
+    rng = np.random.default_rng(0)
+    if paired(base, head):
+        d = np.log(_boot_rounds(head, rng) / _boot_rounds(base, rng))  # [rounds, B]
+        pick = rng.integers(0, d.shape[0], (_BOOT, d.shape[0]))
+        mean = d[pick, np.arange(_BOOT)[:, None]].mean(axis=1)
+        better_or_same = mean <= 0 if worse_is_higher else mean >= 0
+        return float(np.mean(better_or_same)), f"paired bootstrap, {d.shape[0]} rounds"
     replicated = len(base.values) > 1 and len(head.values) > 1
     if base.has_samples or head.has_samples or replicated or not timed:
-        rng = np.random.default_rng(0)
         b, h = _boot_centers(base, rng), _boot_centers(head, rng)
         better_or_same = (h <= b) if worse_is_higher else (h >= b)
         test = "bootstrap" if (base.has_samples or head.has_samples or replicated) else "exact"
@@ -469,9 +498,7 @@ def _compare_frames(
             if d is None or key not in bkeys:
                 continue
             entries.append(
-                _compare_metric(
-                    bkeys[key], hk, ident, metric, unit, d, threshold, alpha, bscale, hscale, baseline
-                )
+                _compare_metric(bkeys[key], hk, ident, metric, unit, d, threshold, alpha, bscale, hscale, baseline)
             )
     return Comparison(entries, warnings, threshold, alpha, normalised, baseline)
 
@@ -505,7 +532,10 @@ def _compare_metric(
     if b is None or h is None:
         return Entry("untested", *ident, metric, note="no ok value on one side")
     bc, hc = b.center, h.center
-    if bc <= 0 or hc <= 0:
+    if paired(b, h):
+        ratio = paired_factor(b, h)
+        factor = ratio if d == LOWER else 1 / ratio
+    elif bc <= 0 or hc <= 0:
         factor = 1.0 if bc == hc else float("inf")
     else:
         factor = hc / bc if d == LOWER else bc / hc
@@ -605,9 +635,7 @@ _RUN = "import sys; sys.argv[0] = 'attnbench'; from attnbench.cli import app; ap
 
 def _check_shim(shim: Path, src: Path) -> None:
     probe = "import attnbench, attnbench.impls, os; print(os.path.realpath(attnbench.impls.__path__[0]))"
-    out = subprocess.run(
-        [sys.executable, "-P", "-c", probe], env=_side_env(shim), capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, "-P", "-c", probe], env=_side_env(shim), capture_output=True, text=True)
     got = out.stdout.strip()
     if out.returncode or not got.startswith(str(src.resolve())):
         raise GateInputError(f"cannot import attnbench from {src} (got {got or out.stderr.strip()[-300:]})")

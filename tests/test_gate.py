@@ -224,9 +224,22 @@ def test_replicated_runs_are_pooled(tmp_path: Path) -> None:
         write(b / f"r{r}", with_sha(rows(f"b{r}", seed=10 + r, created=t), "base"))
         write(h / f"r{r}", with_sha(rows(f"h{r}", seed=20 + r, created=t, slow={"mha/sdpa": 1.3}), "head"))
     cmp = gate.compare([b], [h])
-    assert {(e.method, e.backend, e.metric) for e in by_verdict(cmp, "regression")} == {
-        ("mha", "sdpa", "latency_ms")
-    }
+    assert {(e.method, e.backend, e.metric) for e in by_verdict(cmp, "regression")} == {("mha", "sdpa", "latency_ms")}
+
+
+def test_rounds_are_paired_so_drift_between_rounds_cancels(tmp_path: Path) -> None:
+    drift = (1.0, 3.0, 0.6)  # the machine's speed changes between rounds, alike for both sides
+    for name, slow in (("aa", {}), ("planted", {"window/flex": 1.3})):
+        b, h = tmp_path / name / "base", tmp_path / name / "head"
+        for r, scale in enumerate(drift):
+            t = T0 + timedelta(minutes=r)
+            write(b / f"r{r}", with_sha(rows(f"{name}b{r}", seed=30 + r, created=t, scale=scale), "base"))
+            write(h / f"r{r}", with_sha(rows(f"{name}h{r}", seed=40 + r, created=t, scale=scale, slow=slow), "head"))
+        cmp = gate.compare([b], [h])
+        lat = [e for e in cmp.entries if e.metric == "latency_ms"]
+        assert all("paired bootstrap, 3 rounds" in e.note for e in lat)
+        regressed = {(e.method, e.backend) for e in by_verdict(cmp, "regression")}
+        assert regressed == ({("window", "flex")} if slow else set()), cmp.to_markdown()
 
 
 def with_sha(rs: list[dict[str, Any]], sha: str) -> list[dict[str, Any]]:
@@ -256,9 +269,7 @@ def test_unusable_input(tmp_path: Path) -> None:
     with pytest.raises(gate.GateInputError, match="no result rows"):
         gate.compare([base], [tmp_path / "empty"])
     table = pq.read_table(next(base.glob("*.parquet")))
-    pq.write_table(
-        table.replace_schema_metadata({b"attnbench.schema_version": b"7.1"}), tmp_path / "v7.parquet"
-    )
+    pq.write_table(table.replace_schema_metadata({b"attnbench.schema_version": b"7.1"}), tmp_path / "v7.parquet")
     with pytest.raises(gate.GateInputError, match="7.1"):
         gate.compare([base], [tmp_path / "v7.parquet"])
     with pytest.raises(gate.GateInputError, match="threshold"):
@@ -302,9 +313,7 @@ def test_ab_mode_measures_each_commit(tmp_path: Path) -> None:
     """)
     )
     (repo / "attnbench" / "__init__.py").write_text("")
-    (repo / "attnbench" / "cli.py").write_text(
-        f"TEMPLATE = {str(next(template.glob('*.parquet')))!r}\n" + FAKE_CLI
-    )
+    (repo / "attnbench" / "cli.py").write_text(f"TEMPLATE = {str(next(template.glob('*.parquet')))!r}\n" + FAKE_CLI)
     (repo / "impls" / "__init__.py").write_text("")
     (repo / "impls" / "speed.py").write_text("SPEED = 1.0\n")
 
