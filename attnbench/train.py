@@ -279,7 +279,7 @@ def settings_for(defaults: Mapping[str, Mapping[str, Any]], preset_name: str,
     tier = preset_name if preset_name in defaults else ("full" if preset_name == "gpu" else "quick")
     out = dict(defaults[tier])
     for k, v in section.items():
-        if k in out or k in ("methods", "backends", "exclude", "params", "seeds", "device"):
+        if k in out or k in ("methods", "backends", "exclude", "params", "seeds"):
             out[k] = v
     return out
 
@@ -328,7 +328,8 @@ class ProxySuite:
 
     name = ""
     version = 1
-    causal = True
+    causal = True  # the task is next-token / causal
+    takes_grid = False  # 2-D-only methods apply (image patches)
     defaults: dict[str, dict[str, Any]] = {}
 
     def settings(self, preset: Preset) -> dict[str, Any]:
@@ -345,8 +346,6 @@ class ProxySuite:
         if 1 not in caps.dims and not self.takes_grid:
             return f"{self.name} is a 1-D sequence task and {entry.name} takes only {caps.dims}-D grids"
         return None
-
-    takes_grid = False
 
     def tasks(self, s: dict[str, Any], entry: MethodEntry,
               device: str) -> list[tuple[Workload, dict[str, Any]]]:
