@@ -88,7 +88,7 @@ def test_aux_losses_are_added():
                        make_attn=lambda i: _AuxAttention())
     x = torch.randint(0, 8, (4, 8))
     train(model, lambda s: (x, x), token_loss, TrainConfig(steps=20, lr=0.05, grad_clip=None))
-    assert all(abs(float(b.attn.p)) < 0.5 for b in model.blocks)
+    assert all(abs(b.attn.p.item()) < 0.5 for b in model.blocks)
 
 
 def test_rope_scores_depend_only_on_offset():
