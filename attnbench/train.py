@@ -4,7 +4,9 @@ Model: token or vector embedding [+ learned positions] → N pre-LN blocks
 `[LN → attention → residual]` (+ `[LN → MLP 4× GELU → residual]`) → LN → head. Only the attention
 changes: any registered method/backend through `attnbench.layers.build_layer`. Budgets are in
 steps; early stopping on an eval metric or an EMA loss; a wall-clock cap stops training and marks
-the result `truncated` (never a silent pass). Same seed on the same machine → same numbers.
+the result `truncated` (never a silent pass). Same seed on the same machine → same numbers as long
+as the cap is not hit, so the suites' caps are safety nets (smoke: 300 s, about 5× the nominal
+step budget, since shared 2-core machines run 3–10× slower) and the step budget decides.
 """
 
 from __future__ import annotations

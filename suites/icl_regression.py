@@ -37,11 +37,11 @@ EVAL_SEED = 20_000
 _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], format="concat", dim=5, n_examples=40, noise_var=0.1, n_layers=1,
     n_heads=4, head_width=None, mlp=False, norm=False, pos="none", lr=3e-3, optimizer="adam",
-    weight_decay=0.0, batch_size=256, steps=8_000, wall_cap_s=60.0, eval_prompts=4_096,
+    weight_decay=0.0, batch_size=256, steps=8_000, wall_cap_s=300.0, eval_prompts=4_096,
     eval_ks=[5, 10, 20, 40, 80], analysis=True)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": _SMOKE,
-    "quick": {**_SMOKE, "steps": 20_000, "wall_cap_s": 180.0},
+    "quick": {**_SMOKE, "steps": 20_000, "wall_cap_s": 900.0},
     # He-style long run (run H ∈ {1,2,4,8} as separate presets/overrides); Garg-style below via
     # format = "interleaved", dim = 20, n_examples = 40, noise_var = 0, n_layers = 12, d 256
     "full": {**_SMOKE, "seeds": [0, 1, 2], "steps": 500_000, "lr": 1e-3, "wall_cap_s": 36_000.0,

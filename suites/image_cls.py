@@ -34,10 +34,10 @@ _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], dataset="auto", data_root="", image_size=28, n_train=10_000, patch=4,
     epochs=8, digits_patch=2, digits_epochs=100, d_model=64, n_layers=2, n_heads=2, lr=3e-3,
     weight_decay=0.05, batch_size=64, warmup_frac=0.3, label_smoothing=0.1, shift=1, mixup=0.0, cutmix=0.0,
-    num_workers=0, wall_cap_s=60.0)
+    num_workers=0, wall_cap_s=300.0)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": _SMOKE,
-    "quick": {**_SMOKE, "n_train": 20_000, "epochs": 10, "wall_cap_s": 300.0},
+    "quick": {**_SMOKE, "n_train": 20_000, "epochs": 10, "wall_cap_s": 900.0},
     # DeiT-Tiny shape from scratch on an ImageFolder tree (Imagenette 160 px; ImageNet-100: 224 px, 300 ep)
     "full": {**_SMOKE, "dataset": "imagefolder", "image_size": 160, "patch": 16, "epochs": 200,
              "d_model": 192, "n_layers": 12, "n_heads": 3, "lr": 5e-4 * 256 / 512, "batch_size": 256,

@@ -39,11 +39,11 @@ _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], vocab=256, seq_len=[64], kv_pairs=[[4, 8]], power_a=0.01,
     random_non_queries=True, n_train=20_000, n_test=1_000, d_model=[64], n_layers=2, n_heads=1,
     pos="learned", lrs=[3e-3], weight_decay=0.1, batch_size=64, warmup=450, schedule_steps=9_360,
-    steps=1_500, eval_every=156, target=0.99, wall_cap_s=60.0)
+    steps=1_500, eval_every=156, target=0.99, wall_cap_s=300.0)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": _SMOKE,
     "quick": {**_SMOKE, "seq_len": [64, 128], "kv_pairs": [[4, 8], [8]], "vocab": 512, "steps": 3_000,
-              "wall_cap_s": 300.0},
+              "wall_cap_s": 900.0},
     # Zoology Fig. 2: V=8192, (L, K) grid, d sweep, LR sweep (max over LRs), 3 seeds, 64 epochs
     "full": {**_SMOKE, "seeds": [0, 1, 2], "vocab": 8192, "seq_len": [64, 128, 256, 512],
              "kv_pairs": [[4], [8], [16], [64]], "n_train": 100_000, "n_test": 3_000,

@@ -44,11 +44,11 @@ EVAL_SEED = 10_000  # eval haystacks are the same for every method and seed
 _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], digits=3, n_filler=64, haystack="noise", min_len=32, max_len=128,
     d_model=64, n_layers=2, n_heads=2, mlp=True, pos="rope", lr=2e-3, weight_decay=0.0, batch_size=32,
-    warmup=450, schedule_steps=1_500, steps=1_500, loss_target=0.01, wall_cap_s=60.0,
+    warmup=450, schedule_steps=1_500, steps=1_500, loss_target=0.01, wall_cap_s=300.0,
     eval_lens=[64, 128, 256], eval_depths=[0.0, 0.25, 0.5, 0.75, 1.0], eval_samples=100)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": _SMOKE,
-    "quick": {**_SMOKE, "eval_lens": [64, 128, 256, 512], "wall_cap_s": 180.0},
+    "quick": {**_SMOKE, "eval_lens": [64, 128, 256, 512], "wall_cap_s": 900.0},
     "full": {**_SMOKE, "seeds": [0, 1, 2], "min_len": 64, "max_len": 1024, "d_model": 256, "n_layers": 4,
              "n_heads": 4, "lr": 1e-3, "warmup": 1_000, "schedule_steps": 20_000, "steps": 20_000,
              "loss_target": 0.001, "wall_cap_s": 7_200.0,
