@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from attnbench.impls.mha import causal_mask, dense_attention
 
 from attnbench.flops import mask_flops
+from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.inputs import make_qkv
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload

@@ -8,9 +8,9 @@ Defaults are the paper's scaling-law setting (512 / top-3); Kimi's 1M setup uses
 from __future__ import annotations
 
 import torch
-from attnbench.impls.mha import causal_mask, dense_attention
 
 from attnbench.flops import mask_flops
+from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.inputs import make_qkv
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload

@@ -20,10 +20,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-from attnbench.impls.mha import dense_attention
-from attnbench.impls.vmoba import as_grid, default_grid
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
+from attnbench.impls.mha import dense_attention
+from attnbench.impls.vmoba import as_grid, default_grid
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -17,10 +17,10 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from attnbench.impls.mha import dense_attention
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
+from attnbench.impls.mha import dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -8,6 +8,7 @@ the steady-state call is the flex kernel only.
 from __future__ import annotations
 
 import torch
+
 from attnbench.impls.dma import SPEC, dma_routing
 from attnbench.kernels.moba import FlexPlan, block_mask_from_dense, register_flex
 

@@ -2,7 +2,9 @@
 
 - `native`: the official two-branch scheme in torch ops: a causal self-block branch plus, per KV
   block, attention of exactly the queries that selected it; partial results merged by LSE. Work
-  is ~ N·k·block·D instead of N²·D/2.
+  is ~ N·k·block·D instead of N²·D/2. Routing runs inside the call.
+- `sdpa`: the same scheme with every branch in PyTorch's fused CPU SDPA kernel, which returns the
+  LSE (forward only: that LSE carries no gradient).
 - `flex` / `flex_compiled` (staged): FlexAttention with the selection captured in `mask_mod` and
   a BlockMask built from the block-OR of the token mask; the router and mask build are setup.
 """
@@ -14,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from attnbench.impls.moba import SPEC, moba_mask, moba_select
 
+from attnbench.impls.moba import SPEC, moba_mask, moba_select
 from attnbench.registry import register_backend
 from attnbench.spec import AttentionSpec, Backend, Params, Workload
 
@@ -110,18 +112,41 @@ def register_flex(spec: AttentionSpec, plan: Callable[..., FlexPlan],
         register_backend(spec, backend, can_run=can_run, staged=True)(prepare)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-            mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 softmax attention returning (out, lse); `mask` True = allowed."""
-    s = (q @ k.transpose(-1, -2)) * scale
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
-    return torch.softmax(s, dim=-1) @ v, lse
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
+
+
+def attend_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of pre-scaled `q` returning (out, lse) in torch ops (differentiable)."""
+    s = q @ k.transpose(-1, -2)
+    if causal:
+        s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril(), float("-inf"))
+    m = s.amax(dim=-1, keepdim=True)
+    p = (s - m).exp_()
+    denom = p.sum(dim=-1, keepdim=True)
+    return (p @ v) / denom, (m + denom.log()).squeeze(-1)
+
+
+def attend_sdpa_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) from PyTorch's fused CPU flash kernel (its lse output has no gradient)."""
+    squeeze = q.dim() == 3
+    if squeeze:
+        q, k, v = q[:, None], k[:, None], v[:, None]
+    o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=1.0)
+    return (o[:, 0], lse[:, 0]) if squeeze else (o, lse)
+
+
+def sdpa_lse_can_run(w: Workload, params: Params) -> str | None:
+    if w.device != "cpu":
+        return "the LSE-returning SDPA op is wired for CPU only (aten flash_attention_for_cpu)"
+    if w.mode != "fwd":
+        return "the fused SDPA op's lse output has no gradient, so the LSE merge has no backward"
+    return None
 
 
 def gathered_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: torch.Tensor,
-                             block: int, *, causal_self: bool) -> torch.Tensor:
+                             block: int, *, causal_self: bool, attend: Attend = attend_math) -> torch.Tensor:
     """Softmax over the union of selected key blocks, computed per KV block on its queries only.
 
     Args:
@@ -129,26 +154,25 @@ def gathered_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         sel: `[B, H, N, n_blocks]` bool, blocks a query attends to in full (non-causally).
         causal_self: also attend to the own block under a causal mask (MoBA's self branch);
             `sel` must then exclude the own block.
+        attend: the dense kernel run on each branch, returning (out, lse).
     Returns:
         `[B, H, N, D]` in q's dtype. Partial results are merged by log-sum-exp.
     """
     b, h, n, d = q.shape
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scale = d ** -0.5
-    qf, kf, vf = (t.to(acc).reshape(b * h, n, d) for t in (q, k, v))
+    qf = (q.to(acc) * d ** -0.5).reshape(b * h, n, d)  # pre-scaled once: scores need no extra pass
+    kf, vf = (t.to(acc).reshape(b * h, n, d) for t in (k, v))
     sel = sel.reshape(b * h, n, -1)
     nblk = sel.shape[-1]
-    if causal_self:  # own block, causal: [BH, nblk, block, block] tiles
+    outs, lses, rows = [], [], []  # partial results: one entry per (query, attended block)
+    if causal_self:  # own block, causal: [BH, nblk, block, D] tiles
         pad = nblk * block - n
         qb, kb, vb = (torch.nn.functional.pad(t, (0, 0, 0, pad)).unflatten(1, (nblk, block))
                       for t in (qf, kf, vf))
-        tril = torch.ones(block, block, dtype=torch.bool, device=q.device).tril()
-        o_self, lse_self = _attend(qb, kb, vb, scale, tril)
-        o_acc = torch.cat([o_self.flatten(1, 2)[:, :n], qf.new_zeros(b * h, 1, d)], dim=1)
-        lse_acc = torch.cat([lse_self.flatten(1, 2)[:, :n], qf.new_full((b * h, 1), _NEG)], dim=1)
-    else:
-        o_acc = qf.new_zeros(b * h, n + 1, d)  # row n is a sink for padded rows
-        lse_acc = qf.new_full((b * h, n + 1), _NEG)
+        o_self, lse_self = attend(qb, kb, vb, True)
+        outs.append(o_self.flatten(1, 2)[:, :n])
+        lses.append(lse_self.flatten(1, 2)[:, :n])
+        rows.append(torch.arange(n, device=q.device).expand(b * h, n))
     for i in range(nblk):
         sel_i = sel[..., i]
         counts = sel_i.sum(-1)
@@ -157,29 +181,42 @@ def gathered_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
             continue
         order = torch.argsort(sel_i.to(torch.int8), dim=-1, descending=True, stable=True)[:, :m]
         valid = torch.arange(m, device=q.device)[None, :] < counts[:, None]
-        rows = torch.where(valid, order, n)  # padded rows write into the sink row
         q_g = qf.gather(1, order[..., None].expand(-1, -1, d))
-        o_i, lse_i = _attend(q_g, kf[:, i * block:(i + 1) * block], vf[:, i * block:(i + 1) * block], scale)
-        lse_i = torch.where(valid, lse_i, _NEG)
-        lse_old = lse_acc.gather(1, rows)
-        o_old = o_acc.gather(1, rows[..., None].expand(-1, -1, d))
-        lse_new = torch.logaddexp(lse_old, lse_i)
-        o_new = o_old * torch.exp(lse_old - lse_new)[..., None] + o_i * torch.exp(lse_i - lse_new)[..., None]
-        lse_acc = lse_acc.scatter(1, rows, lse_new)
-        o_acc = o_acc.scatter(1, rows[..., None].expand(-1, -1, d), o_new)
-    return o_acc[:, :n].reshape(b, h, n, d).to(q.dtype)
+        o_i, lse_i = attend(q_g, kf[:, i * block:(i + 1) * block], vf[:, i * block:(i + 1) * block], False)
+        outs.append(o_i)
+        lses.append(torch.where(valid, lse_i, _NEG))
+        rows.append(torch.where(valid, order, n))  # padded rows go to a sink row, dropped below
+    o_all, lse_all, row_all = torch.cat(outs, 1), torch.cat(lses, 1), torch.cat(rows, 1)
+    top = lse_all.new_full((b * h, n + 1), _NEG).scatter_reduce(1, row_all, lse_all.detach(), "amax")
+    wgt = torch.exp(lse_all - top.gather(1, row_all))  # merge weights exp(lse - max lse of the row)
+    num = o_all.new_zeros(b * h, n + 1, d).scatter_add(1, row_all[..., None].expand(-1, -1, d),
+                                                      o_all * wgt[..., None])
+    den = wgt.new_zeros(b * h, n + 1).scatter_add(1, row_all, wgt)
+    return (num[:, :n] / den[:, :n, None]).reshape(b, h, n, d).to(q.dtype)
 
 
-@register_backend(SPEC, Backend.NATIVE)
-def moba_native(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
-                block_size: int = 512, topk: int = 3) -> torch.Tensor:
-    """Two-branch MoBA (self block causal + selected history blocks), merged by LSE."""
+def _moba_two_branch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, block_size: int,
+                     topk: int, attend: Attend) -> torch.Tensor:
     if not causal:
         raise ValueError("moba is causal only")
     sel = moba_select(q, k, block_size=block_size, topk=topk)
     own = torch.arange(q.shape[2], device=q.device) // block_size
     history = sel & (torch.arange(sel.shape[-1], device=q.device)[None, :] != own[:, None])
-    return gathered_block_attention(q, k, v, history, block_size, causal_self=True)
+    return gathered_block_attention(q, k, v, history, block_size, causal_self=True, attend=attend)
+
+
+@register_backend(SPEC, Backend.NATIVE)
+def moba_native(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
+                block_size: int = 512, topk: int = 3) -> torch.Tensor:
+    """Two-branch MoBA (self block causal + selected history blocks) in torch ops, merged by LSE."""
+    return _moba_two_branch(q, k, v, causal=causal, block_size=block_size, topk=topk, attend=attend_math)
+
+
+@register_backend(SPEC, Backend.SDPA, can_run=sdpa_lse_can_run)
+def moba_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
+              block_size: int = 512, topk: int = 3) -> torch.Tensor:
+    """Two-branch MoBA with each branch in the fused CPU SDPA kernel (forward only), merged by LSE."""
+    return _moba_two_branch(q, k, v, causal=causal, block_size=block_size, topk=topk, attend=attend_sdpa_cpu)
 
 
 def _moba_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+
 from attnbench.impls.paro import SPEC, fake_quant, paro_plan, permute_heads, token_mask
 from attnbench.impls.vmoba import as_grid
 from attnbench.kernels.moba import FlexPlan, block_mask_from_dense, flex_can_run, register_flex
-
 from attnbench.registry import register_backend
 from attnbench.spec import Backend, Params, Workload
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from attnbench.impls.dma import SPEC, dma, dma_routing
 
 from attnbench.flops import core_flops
+from attnbench.impls.dma import SPEC, dma, dma_routing
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.moba import SPEC, moba, moba_select
-
 from attnbench.registry import METHODS
 
 B, H, N, D, BS = 1, 2, 200, 16, 32  # 7 blocks, the last one short
@@ -50,7 +50,7 @@ def test_router_never_selects_future_blocks_and_keeps_own() -> None:
     assert torch.equal(sel.sum(-1), torch.clamp(own + 1, max=3).expand(B, H, N))
 
 
-@pytest.mark.parametrize("backend", ["native", "flex"])
+@pytest.mark.parametrize("backend", ["native", "sdpa", "flex"])
 def test_fused_matches_reference(backend: str) -> None:
     q, k, v = (t.float() for t in _qkv(2))
     want = moba(q, k, v, block_size=BS, topk=3)

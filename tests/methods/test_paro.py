@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.paro import (
     AXIS_PERMUTATIONS,
@@ -15,7 +16,6 @@ from attnbench.impls.paro import (
     paro_error,
     paro_plan,
 )
-
 from attnbench.registry import METHODS
 
 B, H, D, GRID, BLOCK = 1, 2, 16, (4, 8, 8), 32

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.sparsifiner import SPEC, budget
-
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.vmoba import (
     SPEC,
@@ -14,7 +15,6 @@ from attnbench.impls.vmoba import (
     vmoba,
     vmoba_route,
 )
-
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 
@@ -89,7 +89,7 @@ def test_global_topk_budget() -> None:
     assert sel[..., torch.arange(N), torch.arange(N) // bs].all()
 
 
-@pytest.mark.parametrize("backend", ["native", "flex"])
+@pytest.mark.parametrize("backend", ["native", "sdpa", "flex"])
 @pytest.mark.parametrize("kw", [{}, {"partition": "2d", "select_mode": "topk", "threshold_type": "overall"}])
 def test_fused_matches_reference(backend: str, kw: dict) -> None:
     q, k, v = (t.float() for t in _qkv(4))
