@@ -89,7 +89,7 @@ class DepthwiseConv(nn.Module):
                      groups=self.weight.shape[0])
         if self.share:
             return y.view(b, self.n_heads, self.head_dim, n).permute(0, 3, 1, 2).reshape(b, n, c)
-        return y.transpose(1, 2)
+        return y.transpose(1, 2).contiguous()  # unit stride on channels: SDPA's fused CPU kernel needs it
 
 
 def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False
