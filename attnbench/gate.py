@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -392,6 +393,10 @@ def significance(base: _Side, head: _Side, worse_is_higher: bool, timed: bool) -
     mean log ratio; so a difference must hold across rounds, while drift between rounds cancels.
     """
     rng = np.random.default_rng(0)
+    if timed and not (base.has_samples and head.has_samples):
+        # setup time, TFLOP/s, speedups: one number per run, derived from or as noisy as latency;
+        # runs alone do not sample the noise within a run, so only latency-like samples are gated
+        return None, "timing without samples"
     if paired(base, head):
         d = np.log(_boot_rounds(head, rng) / _boot_rounds(base, rng))  # [rounds, B]
         pick = rng.integers(0, d.shape[0], (_BOOT, d.shape[0]))
@@ -399,7 +404,7 @@ def significance(base: _Side, head: _Side, worse_is_higher: bool, timed: bool) -
         better_or_same = mean <= 0 if worse_is_higher else mean >= 0
         return float(np.mean(better_or_same)), f"paired bootstrap, {d.shape[0]} rounds"
     replicated = len(base.values) > 1 and len(head.values) > 1
-    if base.has_samples or head.has_samples or replicated or not timed:
+    if base.has_samples or head.has_samples or not timed:
         b, h = _boot_centers(base, rng), _boot_centers(head, rng)
         better_or_same = (h <= b) if worse_is_higher else (h >= b)
         test = "bootstrap" if (base.has_samples or head.has_samples or replicated) else "exact"
@@ -651,12 +656,14 @@ def ab_compare(
     alpha: float = 0.05,
     baseline: str = "mha/sdpa",
     console: Console | None = None,
+    keep: str | os.PathLike[str] | None = None,
 ) -> Comparison:
     """Run `attnbench run <run_args>` on commit `ref` and on the working tree, interleaved, then compare.
 
     The base commit is checked out as a git worktree and imported through PYTHONPATH, so its own
-    code is measured; each round runs both sides (alternating which goes first), and every round
-    is a replicate for the comparison's significance test.
+    code is measured; each round runs both sides (alternating which goes first), and the i-th
+    rounds of both sides form a pair for the significance test. `keep`: a folder to copy the
+    results into (`base/round<i>`, `head/round<i>`), e.g. for a CI artifact.
 
     Raises:
         GateInputError: `ref` is unknown, or a side's run fails.
@@ -687,6 +694,9 @@ def ab_compare(
                     _run_side(sides[name], run_args, out)
                     outs[name].append(out)
             cmp = compare(outs["base"], outs["head"], threshold=threshold, alpha=alpha, baseline=baseline)
+            if keep is not None:
+                for name in ("base", "head"):
+                    shutil.copytree(tmp / name, Path(keep) / name, dirs_exist_ok=True)
         finally:
             subprocess.run(
                 ["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)], capture_output=True
