@@ -195,6 +195,47 @@ def compare(
 
 
 @app.command()
+def analyze(
+    model: Annotated[Path | None, typer.Argument(help="A torch.save'd proxy model; omit to train one.")] = None,
+    method: Annotated[str, typer.Option(help="Attention method of the model to train.")] = "mha",
+    preset: Annotated[str, typer.Option(help="Preset tier of the training settings.")] = "smoke",
+    seed: Annotated[int, typer.Option()] = 0,
+    steps: Annotated[int | None, typer.Option(help="Override the training step budget.")] = None,
+    hunt: Annotated[bool, typer.Option(help="Also run the HeadHunter greedy head search.")] = True,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Results folder for the rows.")] = Path("results"),
+    heatmaps: Annotated[Path, typer.Option(help="Folder for layer×head heatmap SVGs.")] = Path("analysis"),
+) -> None:
+    """Per-layer × per-head scores (importance, VHD, sinks, distance) as result rows and heatmaps."""
+    from datetime import UTC, datetime
+
+    from attnbench import device as devmod
+    from attnbench import results
+    from attnbench.analysis import analyze as run_analysis
+    from attnbench.analysis import heatmap_svg
+
+    load_plugins()
+    try:
+        METHODS.get(method)
+        load_preset(preset)
+    except (UnknownNameError, PresetError) as exc:
+        raise fail(str(exc)) from None
+    if model is not None and not model.exists():
+        raise fail(f"no model file at {model}")
+    rows = run_analysis(model, method=method, preset=preset, seed=seed, steps=steps, hunt=hunt)
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S-analysis")
+    info = devmod.capture("cpu").as_dict()
+    context = dict(run_id=run_id, created_at=datetime.now(UTC), case_id=f"analysis-{method}", backend="reference",
+                   family=METHODS.get(method).spec.family, preset=preset, seed=seed, status="ok", error="",
+                   stat="value", n=1, **info)
+    full = [results.complete_row(r, **context) for r in rows]
+    part = results.write_part(out, full, run_id=run_id)
+    heatmaps.mkdir(parents=True, exist_ok=True)
+    for metric in sorted({r["metric"] for r in rows}):
+        (heatmaps / f"{metric}.svg").write_text(heatmap_svg(rows, metric))
+    err.print(f"{len(full)} head-score rows → {part}; heatmaps → {heatmaps}/")
+
+
+@app.command()
 def env(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The device and software a run here would record."""
     from attnbench import device as devmod

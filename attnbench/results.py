@@ -53,6 +53,14 @@ def to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=SCHEMA)
 
 
+def complete_row(partial: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """A schema row from a partial one: `context` fills columns the row lacks, the rest are null."""
+    row = {c: None for c in COLUMNS}
+    row.update(context)
+    row.update({k: v for k, v in partial.items() if k in row})
+    return row
+
+
 def write_part(folder: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, run_id: str) -> Path:
     """Atomically write one part file into `folder` and return its path."""
     folder = Path(folder)

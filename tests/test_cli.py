@@ -79,3 +79,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
 def test_env_json() -> None:
     res = cli.invoke(app, ["env", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["device_kind"] in ("cpu", "cuda")
+
+
+def test_analyze_writes_head_rows_and_heatmaps(tmp_path: Path) -> None:
+    res = cli.invoke(app, ["analyze", "--steps", "3", "--no-hunt", "-o", str(tmp_path / "r"),
+                           "--heatmaps", str(tmp_path / "h")])
+    assert res.exit_code == 0, res.output
+    df = results.load([tmp_path / "r"])
+    assert {"head_importance_loss", "sink_mass"} <= set(df["metric"])
+    layers_heads = {tuple(sorted(json.loads(p))) for p in df["params"]}
+    assert layers_heads == {("head", "layer")}
+    assert (tmp_path / "h" / "sink_mass.svg").read_text().lstrip().startswith("<")
+
+
+def test_analyze_bad_method() -> None:
+    res = cli.invoke(app, ["analyze", "--method", "mhaa"])
+    assert res.exit_code == 2 and "unknown method 'mhaa'" in res.output
