@@ -8,10 +8,10 @@ attention across the layers of a model.
 from __future__ import annotations
 
 import torch
-from attnbench.impls.mdha import attention_step, proj_flops
 from torch import nn
 
 from attnbench.flops import dense_flops
+from attnbench.impls.mdha import attention_step, proj_flops
 from attnbench.registry import step
 from attnbench.spec import AttentionSpec, Backend, FlopCount, Paper, Params, Workload
 

@@ -9,11 +9,11 @@ a training-time regulariser sharing the self-attention weights. Token 0 is the C
 from __future__ import annotations
 
 import torch
-from attnbench.impls.mdha import proj_flops
-from attnbench.impls.mha import dense_attention
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
+from attnbench.impls.mdha import proj_flops
+from attnbench.impls.mha import dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 

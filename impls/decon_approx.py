@@ -5,10 +5,10 @@ normalised over the (causal) keys. The polynomial is > 0 everywhere, so the weig
 from __future__ import annotations
 
 import torch
-from attnbench.impls._deconstructed import PAPER
-from attnbench.impls.mha import causal_mask, causal_mask_mod
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs, core_flops
+from attnbench.impls._deconstructed import PAPER
+from attnbench.impls.mha import causal_mask, causal_mask_mod
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Params, Workload
 

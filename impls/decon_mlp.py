@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from attnbench.impls._deconstructed import PAPER
 from torch import nn
 
+from attnbench.impls._deconstructed import PAPER
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Params, Workload
 

@@ -4,7 +4,6 @@ fixed random noise instead of the layer input (values from the input): an input-
 from __future__ import annotations
 
 from attnbench.impls._deconstructed import PAPER, SourceQKAttention, source_qk_flops
-
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Backend, Capabilities
 

@@ -4,7 +4,6 @@ from the input token embeddings (bound with `set_qk_source`), values from the la
 from __future__ import annotations
 
 from attnbench.impls._deconstructed import PAPER, SourceQKAttention, source_qk_flops
-
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Backend, Capabilities
 

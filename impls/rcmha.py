@@ -7,7 +7,6 @@ attention whose Q/K/V projections are each followed by a 3-tap depthwise conv ov
 from __future__ import annotations
 
 from attnbench.impls.rmha import REL_DEFAULTS, RelativeMHA, _check, rel_flops
-
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Backend, Capabilities, Paper
 

@@ -4,8 +4,8 @@ argsort of the same noise, one scatter, one masked softmax."""
 from __future__ import annotations
 
 import torch
-from attnbench.impls.acmil import MASKED_LOGIT, SPEC
 
+from attnbench.impls.acmil import MASKED_LOGIT, SPEC
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from attnbench.impls.dcal import SPEC, top_local
 
+from attnbench.impls.dcal import SPEC, top_local
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from attnbench.impls.decon_static_qk import SPEC
 from attnbench.kernels.mdha import mdha_sdpa
-
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

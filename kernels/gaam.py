@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import torch
-from attnbench.impls.gaam import SPEC
 
+from attnbench.impls.gaam import SPEC
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from attnbench.impls.rcmha import SPEC
 from attnbench.kernels.flex import flex_can_run
 from attnbench.kernels.rmha import rel_flex, rel_sdpa
-
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

@@ -3,10 +3,10 @@ masked instances get exactly 0 weight, rows sum to 1, at most ⌊K·p⌋ masked 
 
 from __future__ import annotations
 
-import attnbench.kernels.acmil as kacmil
 import torch
-from attnbench.impls.acmil import SPEC, acmil_flops, acmil_pool, diversity_loss, stkim_mask
 
+import attnbench.kernels.acmil as kacmil
+from attnbench.impls.acmil import SPEC, acmil_flops, acmil_pool, diversity_loss, stkim_mask
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

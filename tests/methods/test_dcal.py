@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import attnbench.kernels.dcal  # noqa: F401  (registers the SDPA step)
 import pytest
 import torch
+
+import attnbench.kernels.dcal  # noqa: F401  (registers the SDPA step)
 from attnbench.impls.dcal import SPEC, attention_rollout, dcal_flops, n_local
 from attnbench.impls.mha import dense_attention
-
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

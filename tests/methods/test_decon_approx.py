@@ -3,13 +3,13 @@ linear-time form == quadratic form across chunks, FLOPs."""
 
 from __future__ import annotations
 
-import attnbench.kernels.decon_approx as kapprox
 import pytest
 import torch
+
+import attnbench.kernels.decon_approx as kapprox
+from attnbench.flops import causal_pairs
 from attnbench.impls.decon_approx import SPEC, approx_flops, decon_approx
 from attnbench.impls.mha import mha
-
-from attnbench.flops import causal_pairs
 from attnbench.spec import Workload
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from attnbench.impls.decon_mlp import SPEC, mlp_flops
 
+from attnbench.impls.decon_mlp import SPEC, mlp_flops
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

@@ -3,11 +3,11 @@ queries up to the causal prefix, linear-time form == reference, FLOPs."""
 
 from __future__ import annotations
 
-import attnbench.kernels.decon_nonapprox as knon
 import pytest
 import torch
-from attnbench.impls.decon_nonapprox import SPEC, decon_nonapprox, nonapprox_flops
 
+import attnbench.kernels.decon_nonapprox as knon
+from attnbench.impls.decon_nonapprox import SPEC, decon_nonapprox, nonapprox_flops
 from attnbench.spec import Workload
 
 N = 40

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attnbench.impls.decon_rnd_qk import SPEC
 
+from attnbench.impls.decon_rnd_qk import SPEC
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from attnbench.impls._deconstructed import HYBRID_PATTERNS, hybrid_layers
 
+from attnbench.impls._deconstructed import HYBRID_PATTERNS, hybrid_layers
 from attnbench.registry import METHODS
 
 V = "decon_nonapprox"

@@ -3,11 +3,11 @@ independent, position-permutation commutes along a non-normalised axis, native =
 
 from __future__ import annotations
 
-import attnbench.kernels.gaam  # noqa: F401  (registers the native step)
 import pytest
 import torch
-from attnbench.impls.gaam import SPEC, VARIANTS, gaam_flops, importance_factor
 
+import attnbench.kernels.gaam  # noqa: F401  (registers the native step)
+from attnbench.impls.gaam import SPEC, VARIANTS, gaam_flops, importance_factor
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attnbench.impls.mdha import SPEC, mdha_flops
-from attnbench.impls.mha import causal_mask, dense_attention
 
 from attnbench.flops import counted_flops
+from attnbench.impls.mdha import SPEC, mdha_flops
+from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from attnbench.impls.rcmha import SPEC
 from attnbench.impls.rmha import rel_flops
-
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

@@ -3,13 +3,13 @@ position dependence, skew == gather, causality, FLOPs."""
 
 from __future__ import annotations
 
-import attnbench.kernels.rmha as krmha
 import pytest
 import torch
+
+import attnbench.kernels.rmha as krmha
+from attnbench.flops import counted_flops
 from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.impls.rmha import SPEC, rel_flops, rel_logits
-
-from attnbench.flops import counted_flops
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 
