@@ -1,5 +1,6 @@
 """Linear-time Taylor attention (`native`): `1 + s + s²/2 = φ(q)·φ(k)` with the feature map
-`φ(x) = [1, x', vec(x'⊗x')/√2]`, `x' = x·D^(−1/4)` (feature width `1 + D + D²`, as in Based).
+`φ(x) = [1, x', x'_i x'_j (i<j), x'_i²/√2]`, `x' = x·D^(−1/4)`: the upper triangle of `x'⊗x'` (off-diagonal
+terms appear twice in `(q·k)²`), feature width `1 + D + D(D+1)/2` (Based uses the full `D²`).
 Non-causal: one `φ(K)ᵀV` state. Causal: chunks of `chunk` tokens; inside a chunk the quadratic
 form, across chunks the prefix sums of per-chunk states. Cost `O(N·D³)` instead of `O(N²·D)`.
 """
@@ -17,10 +18,12 @@ CHUNK = 64
 
 
 def taylor_features(x: torch.Tensor) -> torch.Tensor:
-    """`[..., D]` → `[..., 1 + D + D²]` with `φ(q)·φ(k) = 1 + s + s²/2`, `s = q·k/√D`."""
-    x = x * x.shape[-1] ** -0.25
-    quad = (x[..., :, None] * x[..., None, :]).flatten(-2) * 0.5**0.5
-    return torch.cat([torch.ones_like(x[..., :1]), x, quad], dim=-1)
+    """`[..., D]` → `[..., 1 + D + D(D+1)/2]` with `φ(q)·φ(k) = 1 + s + s²/2`, `s = q·k/√D`."""
+    d = x.shape[-1]
+    x = x * d**-0.25
+    i, j = torch.triu_indices(d, d, device=x.device)
+    weight = torch.where(i == j, 0.5**0.5, 1.0).to(x.dtype)
+    return torch.cat([torch.ones_like(x[..., :1]), x, x[..., i] * x[..., j] * weight], dim=-1)
 
 
 @register_backend(SPEC, Backend.NATIVE)
