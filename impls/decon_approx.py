@@ -32,7 +32,7 @@ SPEC = AttentionSpec(
     name="decon_approx",
     title="Deconstructed attention: 2nd-order Taylor approximation of softmax",
     paper=PAPER,
-    family="intervention",
+    family="deconstructed",
     capabilities=Capabilities(causal=True, noncausal=True, gqa=True),
     flops=approx_flops,
     mask_mod=causal_mask_mod,

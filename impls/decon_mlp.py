@@ -27,7 +27,7 @@ SPEC = AttentionSpec(
     name="decon_mlp",
     title="Deconstructed attention: gated MLP instead of attention",
     paper=PAPER,
-    family="intervention",
+    family="deconstructed",
     kind="layer",
     defaults={"hidden": 0},
     capabilities=Capabilities(causal=True, noncausal=True),

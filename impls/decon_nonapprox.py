@@ -26,7 +26,7 @@ SPEC = AttentionSpec(
     name="decon_nonapprox",
     title="Deconstructed attention: query-independent (non-approximate) weights",
     paper=PAPER,
-    family="intervention",
+    family="deconstructed",
     capabilities=Capabilities(causal=True, noncausal=True, gqa=True),
     flops=nonapprox_flops,
     check=lambda w, p: "query-independent weights need Nq == Nk" if w.seq_q != w.seq_kv else None,

@@ -11,7 +11,7 @@ SPEC = AttentionSpec(
     name="decon_rnd_qk",
     title="Deconstructed attention: random-embedding Q/K (RndEmbQK)",
     paper=PAPER,
-    family="intervention",
+    family="deconstructed",
     kind="layer",
     defaults={"sigma": 1.0, "max_len": 4096, "seed": 0},
     capabilities=Capabilities(causal=True, noncausal=True),

@@ -11,7 +11,7 @@ SPEC = AttentionSpec(
     name="decon_static_qk",
     title="Deconstructed attention: static-embedding Q/K (StaticEmbQK)",
     paper=PAPER,
-    family="intervention",
+    family="deconstructed",
     kind="layer",
     capabilities=Capabilities(causal=True, noncausal=True),
     flops=source_qk_flops(batch_one=False),

@@ -1,9 +1,13 @@
-"""FLOPs suite: analytic useful/executed/softmax FLOPs, FlopCounterMode cross-check, KV-cache bytes."""
+"""FLOPs suite: analytic useful/executed/softmax FLOPs, FlopCounterMode cross-check, KV-cache bytes.
+
+`flops_vs_dense` divides by dense MHA on the same shape (the mha layer, projections included, for
+layer methods, whose counts include their own projections).
+"""
 
 from __future__ import annotations
 
 from attnbench.execute import prepare_call, workload_for
-from attnbench.flops import counted_flops, dense_flops
+from attnbench.flops import counted_flops, dense_flops, projection_flops
 from attnbench.kernelsuite import KernelSuite
 from attnbench.registry import METHODS, register_suite
 from attnbench.spec import Backend
@@ -23,7 +27,11 @@ class Flops(KernelSuite):
         params = entry.spec.params(case.param_dict)
         w = workload_for(entry, case.workload, params).replace(mode="fwd")
         fc = entry.spec.flops(w, params) if entry.spec.flops else dense_flops(w)
-        rows = [Row("flops_useful", fc.useful, "FLOP"), Row("flops_softmax", fc.softmax, "FLOP")]
+        dense = dense_flops(w.replace(heads_kv=w.heads_q)).useful
+        if entry.spec.kind == "layer":  # layer methods count their projections: compare with the mha layer
+            dense += projection_flops(w.replace(heads_kv=w.heads_q))
+        rows = [Row("flops_useful", fc.useful, "FLOP"), Row("flops_softmax", fc.softmax, "FLOP"),
+                Row("flops_vs_dense", fc.useful / dense, "ratio")]
         if fc.executed is not None:
             rows.append(Row("flops_executed", fc.executed, "FLOP"))
         if entry.spec.kv_cache_bytes:
