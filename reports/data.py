@@ -181,13 +181,9 @@ def prepare(df: pd.DataFrame, families: dict[str, str]) -> pd.DataFrame:
         "hostname",
     ):
         df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
-    df["device"] = [
-        n or k or "unknown device" for n, k in zip(df["device_name"], df["device_kind"], strict=True)
-    ]
+    df["device"] = [n or k or "unknown device" for n, k in zip(df["device_name"], df["device_kind"], strict=True)]
     df["pair"] = df["method"] + "/" + df["backend"]
-    df["family"] = [
-        f or families.get(m, "") or "unknown" for f, m in zip(df["family"], df["method"], strict=True)
-    ]
+    df["family"] = [f or families.get(m, "") or "unknown" for f, m in zip(df["family"], df["method"], strict=True)]
     df["params"] = df["params"].replace("", "{}")
     return df
 
@@ -269,9 +265,7 @@ def win_rates(lat: pd.DataFrame) -> dict[str, float]:
                 if a == b or (math.isinf(times[a]) and math.isinf(times[b])):
                     continue
                 games[a] = games.get(a, 0) + 1
-                wins[a] = wins.get(a, 0.0) + (
-                    1.0 if times[a] < times[b] else 0.5 if times[a] == times[b] else 0.0
-                )
+                wins[a] = wins.get(a, 0.0) + (1.0 if times[a] < times[b] else 0.5 if times[a] == times[b] else 0.0)
     return {k: wins.get(k, 0.0) / n for k, n in games.items() if n}
 
 
@@ -315,9 +309,7 @@ def pivot_table(
         g = groups[rid]
         first = g.iloc[0]
         cells = [
-            Cell(
-                str(first["method"]), str(first["method"]), "name", href=method_href.get(first["method"], "")
-            ),
+            Cell(str(first["method"]), str(first["method"]), "name", href=method_href.get(first["method"], "")),
             Cell(str(first["backend"]), str(first["backend"])),
             Cell(str(first["family"]), str(first["family"])),
         ]
@@ -360,10 +352,7 @@ def proxy_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
             scored = [
                 m
                 for m, u in units.items()
-                if gate.direction(m, u)
-                and not gate.is_timed(m, u)
-                and not m.endswith("_bytes")
-                and "_curve_" not in m
+                if gate.direction(m, u) and not gate.is_timed(m, u) and not m.endswith("_bytes") and "_curve_" not in m
             ]
             chosen = sorted(scored, key=lambda m: (gate.direction(m, units[m]) != gate.HIGHER, len(m), m))[:1]
         out += [(str(suite), m) for m in chosen]

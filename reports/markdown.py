@@ -7,9 +7,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from attnbench.reports import data as D
-
 from attnbench.benchjson import load_inputs
+from attnbench.reports import data as D
 
 
 def _md(s: str) -> str:

@@ -8,6 +8,7 @@ the site works from `file://`.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -21,12 +22,11 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
-from attnbench.reports import data as D
-from attnbench.reports.plots import Plot, PlotWriter
 
 from attnbench.benchjson import load_inputs
-
-MAX_GROUP_PLOTS = 4  # shape groups plotted per suite and device
+from attnbench.reports import data as D
+from attnbench.reports.figures import SuiteFigures
+from attnbench.reports.plots import Plot, PlotWriter
 
 
 @dataclass
@@ -81,6 +81,7 @@ class SiteBuilder:
         self.df = D.prepare(df, {n: e.spec.family for n, e in self.entries.items()})
         self.out = out
         self.plots = PlotWriter(out)
+        self.fig = SuiteFigures(self.plots)
         used: set[str] = set()
         self.method_href = {
             m: f"method-{_slug(m, used)}.html" for m in sorted(set(self.df["method"]) | set(self.entries))
@@ -92,9 +93,7 @@ class SiteBuilder:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        env.filters["sortkey"] = lambda v: (
-            "" if v is None else (repr(float(v)) if isinstance(v, float) else v)
-        )
+        env.filters["sortkey"] = lambda v: "" if v is None else (repr(float(v)) if isinstance(v, float) else v)
         self.env = env
 
     # -- pages ----------------------------------------------------------------------------
@@ -116,9 +115,7 @@ class SiteBuilder:
             if item.is_file():
                 (static / item.name).write_bytes(item.read_bytes())
         for suite, href in self.suite_href.items():
-            self.render(
-                href, "suite.html", title=f"Suite: {suite}", suite=suite, sections=self.suite_sections(suite)
-            )
+            self.render(href, "suite.html", title=f"Suite: {suite}", suite=suite, sections=self.suite_sections(suite))
         for method, href in self.method_href.items():
             self.render(
                 href,
@@ -156,9 +153,7 @@ class SiteBuilder:
                     "when": f"{created.min():%Y-%m-%d %H:%M} – {created.max():%Y-%m-%d %H:%M} UTC"
                     if len(created.dropna())
                     else "",
-                    "statuses": ", ".join(
-                        f"{k} {v}" for k, v in d.groupby("status")["case_id"].nunique().items()
-                    ),
+                    "statuses": ", ".join(f"{k} {v}" for k, v in d.groupby("status")["case_id"].nunique().items()),
                 }
             )
         return out
@@ -313,35 +308,10 @@ class SiteBuilder:
                 )
                 if p:
                     sec.plots.append(p)
-            sec.plots += self.pareto_plots(dd, dev, shapes["latency"])
+            sec.plots += self.fig.pareto_plots(dd, dev, shapes["latency"])
             out.append(sec)
         return out
 
-    def pareto_plots(self, dd: pd.DataFrame, dev: str, shape: dict[str, Any] | None) -> list[Plot]:
-        lat = D.at_shape(dd[dd["suite"] == "latency"], shape)
-        lat = lat[(lat["metric"] == "latency_ms") & (lat["status"] == "ok")]
-        if lat.empty:
-            return []
-        best = lat.groupby("method")["value"].min()
-        out = []
-        for suite, metric in D.proxy_columns(dd):
-            if not D.higher_is_better(metric):
-                continue
-            score = dd[(dd["suite"] == suite) & (dd["metric"] == metric) & (dd["status"] == "ok")]
-            score = score.groupby("method")["value"].mean()
-            pts = [(m, float(best[m]), float(score[m])) for m in score.index if m in best.index]
-            what = D.proxy_label(suite, metric)
-            p = self.plots.pareto(
-                pts,
-                title=f"{what} vs latency — {dev}",
-                xlabel=f"fastest backend latency (ms) at {D.shape_label(shape or {})}",
-                ylabel=f"{what} (mean over cases)",
-            )
-            if p:
-                out.append(p)
-        return out
-
-    # -- suites ---------------------------------------------------------------------------
     def suite_sections(self, suite: str, method: str | None = None) -> list[Section]:
         """One section per device; for a method page, only its rows and its heatmaps."""
         out = []
@@ -354,129 +324,13 @@ class SiteBuilder:
             tid = f"t-{_slug(suite + '-' + dev, set())}"
             sec = Section(f"{suite} — {dev}", tid, tables=[D.pivot_table(rows, tid, self.method_href)])
             if method is None:
-                sec.plots = self.suite_plots(rows, suite, dev)
+                sec.plots = self.fig.suite_plots(rows, suite, dev)
             else:  # the method's own heatmaps (drawn once for the suite page)
-                sec.plots = self.depth_heatmaps(rows, suite, dev)
+                sec.plots = self.fig.depth_heatmaps(rows, suite, dev)
                 for metric in rows["metric"].unique():
-                    sec.plots += self.param_curves(rows, suite, metric, dev, heatmaps_only=True)
+                    sec.plots += self.fig.param_curves(rows, suite, metric, dev, heatmaps_only=True)
             out.append(sec)
         return out
-
-    def suite_plots(self, rows: pd.DataFrame, suite: str, dev: str) -> list[Plot]:
-        """Timing/memory and headline scores vs sequence length, error curves, depth heatmaps."""
-        plots: list[Plot] = []
-        headline = [m for s, m in D.proxy_columns(rows) if s == suite]
-        for metric in D.metric_order(rows["metric"].unique()):
-            if metric not in ("latency_ms", "peak_mem_bytes", *headline):
-                continue
-            log = metric in ("latency_ms", "peak_mem_bytes")
-            mrows = rows[rows["metric"] == metric]
-            for key in _varying_params(mrows):  # e.g. a param sweep: the line is the median over it
-                mrows = mrows.assign(params=mrows["params"].map(lambda s, key=key: _without(s, key)))
-            for sel, g in D.groups_without(mrows, ["seq_len"])[:MAX_GROUP_PLOTS]:
-                if g["seq_len"].nunique() < 2:
-                    continue
-                what = D.metric_label(metric)
-                p = self.plots.lines(
-                    D.series(g, metric),
-                    title=f"{suite}: {what} vs sequence length",
-                    xlabel="sequence length",
-                    ylabel=what,
-                    logy=log,
-                    caption=f"{suite}: {what} vs sequence length — {dev}, "
-                    f"{D.shape_label({**sel, 'seq_len': 0}).replace(' N0', '')}",
-                )
-                if p:
-                    plots.append(p)
-            plots += self.param_curves(rows, suite, metric, dev)
-        plots += self.curves(rows, suite, dev)
-        plots += self.depth_heatmaps(rows, suite, dev)
-        return plots
-
-    def curves(self, rows: pd.DataFrame, suite: str, dev: str) -> list[Plot]:
-        """`<name>_curve_model` per method/backend vs its x (seq_len), with `<name>_curve_<baseline>`s."""
-        ok = rows[rows["metric"].str.contains("_curve_") & (rows["status"] == "ok") & rows["value"].notna()]
-        plots = []
-        for prefix in sorted({m.split("_curve_")[0] for m in ok["metric"]}):
-            mine = ok[ok["metric"].str.startswith(prefix + "_curve_")]
-            model = mine[mine["metric"] == f"{prefix}_curve_model"]
-            lines = D.series(model, f"{prefix}_curve_model")
-            for metric in sorted(set(mine["metric"]) - {f"{prefix}_curve_model"}):
-                base = mine[mine["metric"] == metric].groupby("seq_len")["value"].median()
-                lines[f"baseline: {metric.split('_curve_')[1]}"] = [
-                    (float(a), float(b)) for a, b in base.items()
-                ]
-            unit = str(mine["unit"].iloc[0] or "value")
-            p = self.plots.lines(
-                lines,
-                title=f"{suite}: {prefix} curve",
-                xlabel="in-context examples (k)",
-                ylabel=unit,
-                logx=False,
-                logy=True,
-                caption=f"{suite}: error vs number of in-context examples — {dev}",
-            )
-            if p:
-                plots.append(p)
-        return plots
-
-    def depth_heatmaps(self, rows: pd.DataFrame, suite: str, dev: str) -> list[Plot]:
-        """Metrics named `<name>_depth<δ>` (with seq_len = context length) as depth × length heatmaps."""
-        ok = rows[(rows["status"] == "ok") & rows["value"].notna()]
-        found = ok["metric"].str.extract(r"^(?P<name>.+)_depth(?P<depth>[0-9.]+)$")
-        ok = ok.assign(_name=found["name"], depth=pd.to_numeric(found["depth"], errors="coerce"))
-        ok = ok[ok["depth"].notna()]
-        plots = []
-        for (name, pair), g in ok.groupby(["_name", "pair"]):
-            grid = g.pivot_table(index="depth", columns="seq_len", values="value", aggfunc="median")
-            plots += self._heatmap(grid, f"{suite} {name}", str(pair), dev)
-        return plots
-
-    def _heatmap(self, grid: pd.DataFrame, what: str, pair: str, dev: str) -> list[Plot]:
-        p = self.plots.heatmap(
-            grid.to_numpy(dtype=float).tolist(),
-            xlabels=[str(int(c)) for c in grid.columns],
-            ylabels=[f"{d:g}" for d in grid.index],
-            title=f"{what}: {pair}",
-            xlabel="context length",
-            ylabel="needle depth",
-            caption=f"{what} by context length and needle depth: {pair} — {dev}",
-        )
-        return [p] if p else []
-
-    def param_curves(
-        self, rows: pd.DataFrame, suite: str, metric: str, dev: str, *, heatmaps_only: bool = False
-    ) -> list[Plot]:
-        """Scores over numeric params (a `depth` param with several lengths: a heatmap per backend)."""
-        ok = rows[(rows["metric"] == metric) & (rows["status"] == "ok") & rows["value"].notna()]
-        if ok.empty:
-            return []
-        varying = _varying_params(ok)
-        plots: list[Plot] = []
-        if "depth" in varying and ok["seq_len"].nunique() > 1:
-            depth = ok["params"].map(lambda s: _params(s).get("depth"))
-            for pair, g in ok.assign(depth=depth).groupby("pair"):
-                grid = g.pivot_table(index="depth", columns="seq_len", values="value", aggfunc="median")
-                plots += self._heatmap(grid, f"{suite} {D.metric_label(metric)}", str(pair), dev)
-            varying.remove("depth")
-        if heatmaps_only:
-            return plots
-        for key in varying[:2]:
-            x = pd.to_numeric(ok["params"].map(lambda s, key=key: _params(s).get(key)), errors="coerce")
-            g = ok.assign(_x=x, params=ok["params"].map(lambda s, key=key: _without(s, key)))
-            what = D.metric_label(metric)
-            p = self.plots.lines(
-                D.series(g, metric, x="_x"),
-                title=f"{suite}: {what} vs {key}",
-                xlabel=key,
-                ylabel=what,
-                logx=False,
-                logy=metric in ("mse", "loss"),
-                caption=f"{suite}: {what} vs {key} — {dev}",
-            )
-            if p:
-                plots.append(p)
-        return plots
 
     # -- methods --------------------------------------------------------------------------
     def method_info(self, method: str) -> dict[str, Any]:
@@ -492,7 +346,7 @@ class SiteBuilder:
             "kind": s.kind,
             "paper": f"{s.paper.title} ({s.paper.year})",
             "url": _safe_url(s.paper.url),
-            "defaults": D.params_label(_json(dict(s.defaults))) or "none",
+            "defaults": D.params_label(json.dumps(dict(s.defaults), sort_keys=True, default=str)) or "none",
             "backends": ", ".join(b.value for b in entry.backends),
             "capabilities": [
                 ("causal", c.causal),
@@ -658,9 +512,7 @@ class SiteBuilder:
             intro.lines.append("Results from one device only: nothing to set side by side yet.")
             return [intro]
         key = ["pair", "method", "backend", "family", "params", *D.SHAPE]
-        per = lat.pivot_table(
-            index=key, columns=["device", "metric"], values="value", aggfunc="first", dropna=False
-        )
+        per = lat.pivot_table(index=key, columns=["device", "metric"], values="value", aggfunc="first", dropna=False)
         devs = [d for d in self.devices if d in set(lat["device"])]
         cols = [("method", "method"), ("backend", "backend"), ("family", "family"), ("shape", "workload")]
         for d in devs:
@@ -718,45 +570,12 @@ class SiteBuilder:
         return [intro, sec]
 
 
-def _params(s: str) -> dict[str, Any]:
-    import json
-
-    try:
-        d = json.loads(s)
-    except ValueError:
-        return {}
-    return d if isinstance(d, dict) else {}
-
-
-def _varying_params(rows: pd.DataFrame) -> list[str]:
-    """Numeric param keys that take several values among `rows`."""
-    parsed = rows["params"].map(_params)
-    keys = sorted(
-        {k for p in parsed for k, v in p.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    )
-    return [k for k in keys if parsed.map(lambda p, k=k: p.get(k)).nunique() > 1]
-
-
-def _without(s: str, key: str) -> str:
-    d = _params(s)
-    d.pop(key, None)
-    return _json(d)
-
-
-def _json(d: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(d, sort_keys=True, default=str)
-
-
 def _f(x: Any) -> float | None:
     return None if x is None or pd.isna(x) else float(x)
 
 
 def _cell(metric: str, unit: str, v: Any) -> D.Cell:
-    return (
-        D.empty_cell() if v is None or pd.isna(v) else D.Cell(D.fmt(metric, unit, float(v)), float(v), "num")
-    )
+    return D.empty_cell() if v is None or pd.isna(v) else D.Cell(D.fmt(metric, unit, float(v)), float(v), "num")
 
 
 def _mem_ratio(mem: pd.DataFrame, pair: str) -> D.Cell:
