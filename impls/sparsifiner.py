@@ -43,12 +43,24 @@ def masked_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
 
 
 def _flops(w: Workload, params: Params) -> FlopCount:
-    """Exact without inputs: CLS rows see N keys, every other row K (predictor cost not included)."""
+    """Exact without inputs (card §8): attention + predictor + qkv/out projections.
+
+    Attention: CLS rows see N keys, the others K. Predictor: channel reductions, the N → N/r
+    token reduction, the cheap scores and Â = coef·basis; `useful` counts Â with its top-8
+    coefficients (the card's 2·B·H·N·8·N), `executed` the dense `[N, N/r] @ [N/r, N]` run here.
+    """
+    b, h, n, d = w.batch, w.heads_q, w.seq_q, w.head_dim
     n_dense = 1 if params["cls_token"] else 0
-    pairs = n_dense * w.seq_kv + (w.seq_q - n_dense) * budget(w.seq_kv, params["keep_ratio"])
-    useful = 4.0 * w.batch * w.heads_q * pairs * w.head_dim
-    softmax = SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * pairs
-    return FlopCount(useful=useful, executed=useful, softmax=softmax)
+    pairs = n_dense * w.seq_kv + (n - n_dense) * budget(w.seq_kv, params["keep_ratio"])
+    attention = 4.0 * b * h * pairs * d
+    dc, nr = max(1, d // params["reduce_c"]), max(1, n // params["reduce_n"])
+    predictor = 2.0 * b * h * (2 * n * d * dc + dc * n * nr + n * dc * nr)
+    projections = 8.0 * b * n * w.d_model ** 2
+    rows = n - n_dense
+    useful = attention + predictor + projections + 2.0 * b * h * rows * min(params["coef_topk"], nr) * n
+    executed = attention + predictor + projections + 2.0 * b * h * rows * nr * n
+    softmax = SOFTMAX_FLOPS_PER_SCORE * b * h * pairs
+    return FlopCount(useful=useful, executed=executed, softmax=softmax)
 
 
 SPEC = AttentionSpec(
