@@ -302,18 +302,26 @@ def token_loss(model: ProxyModel, batch: tuple[torch.Tensor, torch.Tensor]) -> t
                                        ignore_index=-100)
 
 
-def token_hits(model: ProxyModel, x: torch.Tensor, y: torch.Tensor, batch: int = 256
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Per example: number of scored positions whose argmax is right, and number scored."""
-    hits, total = [], []
+def predict(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """`model(x)` in chunks of exactly `batch` rows (the workload's batch, which the method's
+    checks saw): the last chunk is padded with copies of its final row and trimmed after."""
+    outs = []
     with torch.no_grad():
         for s in range(0, len(x), batch):
-            xb, yb = x[s:s + batch], y[s:s + batch]
-            pred = model(xb).argmax(-1)
-            mask = yb != -100
-            hits.append(((pred == yb) & mask).sum(1).cpu().numpy())
-            total.append(mask.sum(1).cpu().numpy())
-    return np.concatenate(hits), np.concatenate(total)
+            xb = x[s:s + batch]
+            n = len(xb)
+            if n < batch:
+                xb = torch.cat([xb, xb[-1:].expand(batch - n, *xb.shape[1:])])
+            outs.append(model(xb)[:n])
+    return torch.cat(outs)
+
+
+def token_hits(model: ProxyModel, x: torch.Tensor, y: torch.Tensor, batch: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per example: number of scored positions whose argmax is right, and number scored."""
+    pred = predict(model, x, batch).argmax(-1)
+    mask = y != -100
+    return ((pred == y) & mask).sum(1).cpu().numpy(), mask.sum(1).cpu().numpy()
 
 
 def accepts_spatial(entry: MethodEntry) -> bool:

@@ -30,7 +30,7 @@ from attnbench.layers import AttentionLayer
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
-from attnbench.train import ProxyModel, ProxySuite, TrainConfig, data_rng, seed_all, train
+from attnbench.train import ProxyModel, ProxySuite, TrainConfig, data_rng, predict, seed_all, train
 
 EVAL_SEED = 20_000
 
@@ -62,13 +62,10 @@ def _tokens(o: dict[str, Any], p: proxydata.RegressionPrompts) -> torch.Tensor:
 
 
 def _query_prediction(o: dict[str, Any], model: ProxyModel, p: proxydata.RegressionPrompts,
-                      batch: int = 1024) -> np.ndarray:
-    tok = _tokens(o, p)
-    dev = next(model.parameters()).device
-    with torch.no_grad():
-        out = [model(tok[s:s + batch].to(dev))[:, -1 if o["format"] == "concat" else -2, 0]
-               for s in range(0, len(tok), batch)]
-    return torch.cat(out).double().cpu().numpy()
+                      batch: int) -> np.ndarray:
+    tok = _tokens(o, p).to(next(model.parameters()).device)
+    out = predict(model, tok, batch)[:, -1 if o["format"] == "concat" else -2, 0]
+    return out.double().cpu().numpy()
 
 
 def kq_ov_patterns(model: ProxyModel) -> dict[str, float] | None:
@@ -150,7 +147,7 @@ class ICLRegression(ProxySuite):
         for k in sorted(set(o["eval_ks"]) | {k_train}):
             p = proxydata.regression(np.random.default_rng([EVAL_SEED, k, d]), n_eval, d, k, nv, bv)
             held = proxydata.regression(np.random.default_rng([EVAL_SEED + 1, k, d]), n_eval, d, k, nv, bv)
-            preds = {"model": _query_prediction(o, model, p),
+            preds = {"model": _query_prediction(o, model, p, case.workload.batch),
                      **proxydata.icl_baselines(p, nv, bv, proxydata.fit_gd1_step(held))}
             for name, pred in preds.items():
                 err = float(np.mean((pred - p.yq) ** 2)) * scale

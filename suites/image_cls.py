@@ -28,7 +28,7 @@ from attnbench import proxydata
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
-from attnbench.train import ProxyModel, ProxySuite, TrainConfig, accepts_spatial, data_rng, seed_all, train
+from attnbench.train import ProxyModel, ProxySuite, TrainConfig, accepts_spatial, data_rng, predict, seed_all, train
 
 _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], dataset="auto", data_root="", image_size=28, n_train=10_000, patch=4,
@@ -154,7 +154,7 @@ class ImageCls(ProxySuite):
         def top_k(m: ViT) -> tuple[float, float]:
             hits1 = hits5 = n = 0
             for x, y in test():
-                logits = m(x.to(dev))
+                logits = predict(m, x.to(dev), case.workload.batch)
                 top = logits.topk(min(5, logits.shape[-1]), -1).indices.cpu()
                 hits1 += int((top[:, 0] == y).sum())
                 hits5 += int((top == y[:, None]).any(-1).sum())

@@ -104,7 +104,7 @@ class MQAR(ProxySuite):
             return x_tr[idx], y_tr[idx]
 
         def accuracy(model: ProxyModel) -> np.ndarray:
-            hits, total = token_hits(model, x_te, y_te)
+            hits, total = token_hits(model, x_te, y_te, w.batch)
             return hits / np.maximum(total, 1)
 
         runs = []

@@ -104,7 +104,8 @@ class NIAH(ProxySuite):
             for j, depth in enumerate(o["eval_depths"]):
                 cell_rng = np.random.default_rng([EVAL_SEED, i, j, length])
                 x, y = proxydata.niah(cell_rng, o["eval_samples"], length, depth, k, nf, o["haystack"])
-                hits, total = token_hits(model, torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev), 50)
+                hits, total = token_hits(model, torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev),
+                                         case.workload.batch)
                 exact = float((hits == total).mean())
                 rows.append(Row(f"niah_acc_depth{depth:g}", exact, "fraction", n=len(x),
                                 extra={"seq_len": length, "seq_kv": length}))

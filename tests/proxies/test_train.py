@@ -16,6 +16,7 @@ from attnbench.train import (
     add_rope,
     apply_rope,
     effective_pos,
+    predict,
     rope_tables,
     seed_all,
     settings_for,
@@ -124,3 +125,15 @@ def test_settings_tiers_and_overrides():
     p = Preset("smoke", {"shapes": {"seq_lens": [9]}, "suite": {"x": {"steps": 11}}})
     assert settings_for(defaults, p.name, p.section("x")) == {"steps": 11, "lr": 1.0}
     assert settings_for(defaults, "gpu", {})["steps"] == 30
+
+
+def test_predict_only_feeds_full_batches():
+    seen = []
+
+    def model(x):
+        seen.append(len(x))
+        return x * 2
+
+    x = torch.arange(10.0)[:, None]
+    out = predict(model, x, 4)
+    assert seen == [4, 4, 4] and torch.equal(out, x * 2)
