@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ from attnbench.presets import Preset
 from attnbench.registry import METHODS, SUITES, UnknownNameError, load_plugins
 from attnbench.spec import Backend, Status, Workload
 from attnbench.suite import Case, Row, status_row
+
+# Warnings a benchmark triggers on purpose (eager flex is a measured backend, not a mistake).
+_EXPECTED_WARNINGS = (".*flex_attention called without torch.compile.*", ".*return_lse is deprecated.*")
 
 
 class PlanError(ValueError):
@@ -173,7 +177,9 @@ class Runner:
 
     def _run_in_process(self, suite: Any, case: Case) -> list[Row]:
         try:
-            with _time_limit(self.timeout_s):
+            with _time_limit(self.timeout_s), warnings.catch_warnings():
+                for message in _EXPECTED_WARNINGS:
+                    warnings.filterwarnings("ignore", message=message)
                 return suite.run(case)
         except KeyboardInterrupt:
             raise
