@@ -14,11 +14,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from attnbench.reports import build_site, markdown_summary
-from attnbench.reports import data as D
 
 from attnbench import results
 from attnbench.benchjson import load_inputs, rows_from_benchmark_json
+from attnbench.reports import build_site, markdown_summary
+from attnbench.reports import data as D
 
 XSS = "<script>alert(1)</script>"
 DEVICES = {"NVIDIA H100 80GB HBM3": 1.0, "NVIDIA A100-SXM4-80GB": 2.6}
