@@ -144,61 +144,19 @@ def _ms(seconds: Any) -> float | None:
     return None if seconds is None else float(seconds) * 1e3
 
 
-# Columns that identify one row of a run: a case may emit several rows per metric (Row.extra
-# overrides seq_len/params, e.g. NIAH per context length and depth), so dedupe on all of them.
-ROW_IDENTITY = [
-    "run_id",
-    "case_id",
-    "metric",
-    "stat",
-    "batch",
-    "heads",
-    "kv_heads",
-    "seq_len",
-    "seq_kv",
-    "head_dim",
-    "dtype",
-    "causal",
-    "mode",
-    "params",
-]
-
-
-def _files(paths: Iterable[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*.parquet") if not f.name.startswith(".")))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"no results at {p}")
-    return out
-
-
 def load_inputs(paths: Iterable[str | os.PathLike[str]], *, latest_only: bool = True) -> pd.DataFrame:
     """Rows under `paths`: Parquet results files/folders, and pytest-benchmark `*.json` files given by name.
 
-    Like `attnbench.results.load` (same schema check; with `latest_only`, the latest run of each case
-    on each device), but de-duplicates on the full row identity so several rows per (case, metric)
-    survive, and keeps one device's results when another device ran the same case id.
+    Like `attnbench.results.load` (same schema check, de-duplication and `latest_only` per device),
+    plus the benchmark JSON files.
 
     Raises:
         attnbench.results.SchemaError / BenchJsonError / FileNotFoundError on unusable input.
     """
     frames = []
-    for f in _files(Path(p) for p in paths):
+    for f in results.files(Path(p) for p in paths):
         if f.suffix == ".json":
             frames.append(results.to_table(rows_from_benchmark_json(f)).to_pandas())
         else:
             frames.append(results.read_file(f))
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return results.to_table([]).to_pandas()
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    ident = df[ROW_IDENTITY].astype(object).where(df[ROW_IDENTITY].notna(), None).astype(str)
-    df = df[~ident.duplicated(keep="last")]
-    if latest_only and len(df):  # per device: GPUs of two generations share case ids ("cuda")
-        last = df.groupby(["case_id", df["device_name"].fillna("")])["created_at"].transform("max")
-        df = df[df["created_at"] == last]
-    return df.reset_index(drop=True)
+    return results.merge(frames, latest_only=latest_only)

@@ -134,7 +134,7 @@ def _render(results_dir: Path, site: Path) -> None:
 
 @app.command("report")
 def report_cmd(
-    inputs: Annotated[list[Path], typer.Argument(help="Results folders or Parquet files.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Results folders, Parquet or pytest-benchmark .json files.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Site folder.")] = Path("site"),
     fmt: Annotated[str, typer.Option("--format", help="html | md")] = "html",
 ) -> None:
@@ -156,7 +156,8 @@ def report_cmd(
 
 @app.command()
 def compare(
-    base: Annotated[list[Path] | None, typer.Argument(help="BASE results, then HEAD results.")] = None,
+    base: Annotated[list[Path] | None, typer.Argument(help="BASE results, then HEAD results (folders, Parquet, "
+                                                            "or pytest-benchmark .json).")] = None,
     threshold: Annotated[float, typer.Option(help="Regression factor.")] = 1.10,
     alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
     baseline: Annotated[str, typer.Option(help="Same-run baseline for cross-machine ratios.")] = "mha/sdpa",
@@ -165,6 +166,7 @@ def compare(
     ab: Annotated[str | None, typer.Option("--ab", help="Run base commit REF and the working tree "
                                                          "interleaved, then compare.")] = None,
     rounds: Annotated[int, typer.Option(help="A/B rounds.")] = 3,
+    keep: Annotated[Path | None, typer.Option(help="In --ab mode, keep both sides' results here.")] = None,
     run_args: Annotated[str, typer.Option(help="Arguments for `attnbench run` in --ab mode.")]
     = "--preset smoke --suites latency",
 ) -> None:
@@ -177,7 +179,7 @@ def compare(
     try:
         if ab:
             cmp = gate.ab_compare(ab, run_args=shlex.split(run_args), rounds=rounds, threshold=threshold,
-                                  alpha=alpha)
+                                  alpha=alpha, keep=keep)
         else:
             if not base or len(base) != 2:
                 raise fail("compare takes BASE and HEAD (or --ab REF)")

@@ -75,7 +75,14 @@ def write_part(folder: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *
     return final
 
 
-def _files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+# Columns that identify one row of a run: a case may emit several rows per metric (Row.extra
+# overrides seq_len/params, e.g. scaling per N, NIAH per length and depth).
+ROW_IDENTITY = ["run_id", "case_id", "metric", "stat", "batch", "heads", "kv_heads", "seq_len", "seq_kv",
+                "head_dim", "dtype", "causal", "mode", "params"]
+
+
+def files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Parquet files under the given folders, and the given files themselves."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -107,14 +114,20 @@ def read_file(path: Path) -> pd.DataFrame:
 
 def load(paths: Iterable[str | os.PathLike[str]], *, latest_only: bool = True) -> pd.DataFrame:
     """All rows under `paths`; with `latest_only`, each case keeps only its latest run's rows."""
-    files = _files(paths)
-    frames = [read_file(f) for f in files]
+    return merge([read_file(f) for f in files(paths)], latest_only=latest_only)
+
+
+def merge(frames: Sequence[pd.DataFrame], *, latest_only: bool = True) -> pd.DataFrame:
+    """Concatenate result frames, drop repeated rows; with `latest_only`, each case keeps only its
+    latest run's rows on each device (two GPU generations share case ids, not results)."""
+    frames = [f for f in frames if len(f)]
     if not frames:
         return to_table([]).to_pandas()
-    df = pd.concat(frames, ignore_index=True)
-    df = df.drop_duplicates(subset=["run_id", "case_id", "metric", "stat"], keep="last")
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    ident = df[ROW_IDENTITY].astype(object).where(df[ROW_IDENTITY].notna(), None).astype(str)
+    df = df[~ident.duplicated(keep="last")]
     if latest_only and len(df):
-        last = df.groupby("case_id")["created_at"].transform("max")
+        last = df.groupby(["case_id", df["device_name"].fillna("")])["created_at"].transform("max")
         df = df[df["created_at"] == last]
     return df.reset_index(drop=True)
 

@@ -84,3 +84,14 @@ def test_no_temp_files_left_and_compact(tmp_path: Path) -> None:
 def test_missing_path_is_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no results at"):
         results.load([tmp_path / "nope"])
+
+
+def test_rows_per_metric_and_devices_survive_merging(tmp_path: Path) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    per_n = [row(seq_len=n, seq_kv=n) for n in (128, 256)]  # scaling: one latency row per N
+    results.write_part(tmp_path, per_n, run_id="r1")
+    results.write_part(tmp_path, [row(run_id="r2", created_at=t0 + timedelta(1), device_name="H100")],
+                       run_id="r2")
+    df = results.load([tmp_path])
+    assert len(df[df.device_name == "cpu"]) == 2 and len(df[df.device_name == "H100"]) == 1
+    assert len(results.load([tmp_path, tmp_path])) == 3  # the same files twice add nothing
