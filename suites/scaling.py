@@ -1,6 +1,7 @@
 """Scaling suite: latency over a sweep of N per method/backend and the fitted cost exponent.
 
-One case per method × backend × (batch, heads, dtype, causal, mode); `seq_lens` is the sweep.
+One case per method × backend × (batch, heads, dtype, causal, mode); `seq_lens` is the sweep
+(points the method cannot run, e.g. a non-square N for a 2-D method, are unsupported rows).
 `cost_exponent` is the least-squares slope of log(latency) on log(N) (2 = quadratic, 1 = linear).
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 from attnbench.execute import prepare_call, workload_for
 from attnbench.kernelsuite import KernelSuite, as_list, workloads
 from attnbench.registry import METHODS, register_suite
-from attnbench.spec import Workload
+from attnbench.spec import Status, Workload
 from attnbench.suite import Case, Row
 from attnbench.timing import bench
 
@@ -44,7 +45,12 @@ class Scaling(KernelSuite):
         opts = case.option_dict
         ns, ms, rows = [], [], []
         for n in opts.pop("seq_lens"):
-            w = workload_for(entry, case.workload.replace(seq_q=n, seq_kv=n), params)
+            try:
+                w = workload_for(entry, case.workload.replace(seq_q=n, seq_kv=n), params)
+            except ValueError as exc:  # e.g. a 2-D method at a non-square N: that point only
+                rows.append(Row("latency_ms", None, "ms", status=Status.UNSUPPORTED, error=str(exc),
+                                extra={"seq_len": n, "seq_kv": n}))
+                continue
             t = bench(prepare_call(case.method, case.backend, w, params, seed=case.seed).call,
                       device=w.device, **opts)
             ns.append(n)
