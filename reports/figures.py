@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from attnbench.reports import data as D
@@ -73,6 +74,33 @@ class SuiteFigures:
             plots += self.param_curves(rows, suite, metric, dev)
         plots += self.curves(rows, suite, dev)
         plots += self.depth_heatmaps(rows, suite, dev)
+        plots += self.head_heatmaps(rows, suite, dev)
+        return plots
+
+    def head_heatmaps(self, rows: pd.DataFrame, suite: str, dev: str) -> list[Plot]:
+        """Per-head scores (params carry `layer` and `head`, e.g. `attnbench analyze`) as layer × head maps."""
+        ok = rows[(rows["status"] == "ok") & rows["value"].notna()]
+        where = ok["params"].map(lambda s: params_dict(s))
+        ok = ok.assign(layer=where.map(lambda d: d.get("layer")), head=where.map(lambda d: d.get("head")))
+        ok = ok[ok["layer"].notna() & ok["head"].notna()]
+        plots = []
+        for (metric, pair), g in ok.groupby(["metric", "pair"]):
+            grid = g.pivot_table(index="layer", columns="head", values="value", aggfunc="median")
+            values = grid.to_numpy(dtype=float)
+            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+            p = self.plots.heatmap(
+                values.tolist(),
+                xlabels=[str(int(c)) for c in grid.columns],
+                ylabels=[str(int(i)) for i in grid.index],
+                title=f"{D.metric_label(metric)}: {pair}",
+                xlabel="head",
+                ylabel="layer",
+                vmin=lo,
+                vmax=hi if hi > lo else lo + 1.0,
+                caption=f"{suite}: {D.metric_label(metric)} per layer and head: {pair} — {dev}",
+            )
+            if p:
+                plots.append(p)
         return plots
 
     def curves(self, rows: pd.DataFrame, suite: str, dev: str) -> list[Plot]:
