@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from attnbench.impls.ccgqa import SPEC
 from attnbench.kernels.cca import latent_attention_sdpa
-
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

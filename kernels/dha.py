@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from attnbench.impls.dha import SPEC
 
+from attnbench.impls.dha import SPEC
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

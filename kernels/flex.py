@@ -46,21 +46,32 @@ def block_mask_for(spec: AttentionSpec, w: Workload, params: Params) -> Any:
     return create_block_mask(mask_mod, None, None, w.seq_q, w.seq_kv, device=w.device)
 
 
+def flex_runner(compiled: bool) -> Callable[..., torch.Tensor]:
+    """`flex_attention`, eager or `torch.compile`d, called with dynamo's recompile limit raised (each
+    shape and mask compiles once, deliberately) and the eager-is-unfused warning silenced."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    attend = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+    def run(*args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*without torch.compile.*")  # eager is the point
+            return attend(*args, **kwargs)
+
+    return run
+
+
 def _make(spec: AttentionSpec, compiled: bool) -> Callable[..., Callable[..., torch.Tensor]]:
     def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                 **params: Any) -> Callable[..., torch.Tensor]:
-        from torch.nn.attention.flex_attention import flex_attention
-
         w = workload_of(q, k, causal, params)
         block_mask = block_mask_for(spec, w, params)
         score_mod = spec.score_mod(w, params) if spec.score_mod else None
         gqa = q.shape[1] != k.shape[1]
-        attend = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+        attend = flex_runner(compiled)
 
         def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*without torch.compile.*")  # eager is the point
-                return attend(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
+            return attend(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
 
         if compiled:
             with torch.no_grad():

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from attnbench.impls.gna import SPEC
 from attnbench.impls.neighborhood import NAConfig, na_config, workload_config
 from attnbench.kernels.neighborhood import staged_tiled
-
 from attnbench.registry import register_backend
 from attnbench.spec import Backend, Params, Workload
 

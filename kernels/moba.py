@@ -18,19 +18,12 @@ from typing import Any
 import torch
 
 from attnbench.impls.moba import SPEC, moba_mask, moba_select
+from attnbench.kernels.flex import flex_can_run, flex_runner
 from attnbench.registry import register_backend
 from attnbench.spec import AttentionSpec, Backend, Params, Workload
 
 _NEG = -1e30  # finite "minus infinity" for LSE merging (keeps gradients NaN-free)
-_RECOMPILE_LIMIT = 256
 
-
-def flex_can_run(w: Workload, params: Params) -> str | None:
-    if w.mode != "fwd" and w.device == "cpu":
-        return "FlexAttention has no backward on CPU"
-    if w.dtype == "float64" and w.device != "cpu":
-        return "FlexAttention on GPU does not take float64"
-    return None
 
 
 def block_mask_from_dense(mask: torch.Tensor, mask_mod: Callable[..., Any], block: int = 128) -> Any:
@@ -87,11 +80,9 @@ def register_flex(spec: AttentionSpec, plan: Callable[..., FlexPlan],
     for backend, compiled in ((Backend.FLEX, False), (Backend.FLEX_COMPILED, True)):
         def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                     _compiled: bool = compiled, **params: Any) -> Callable[..., torch.Tensor]:
-            from torch.nn.attention.flex_attention import flex_attention
-
             with torch.no_grad():
                 p = plan(q, k, v, causal=causal, **params)
-            attend = torch.compile(flex_attention, dynamic=False) if _compiled else flex_attention
+            attend = flex_runner(_compiled)
             gqa = q.shape[1] != k.shape[1]
             inv = torch.argsort(p.perm, dim=-1) if p.perm is not None else None
 
@@ -100,8 +91,7 @@ def register_flex(spec: AttentionSpec, plan: Callable[..., FlexPlan],
                     q, k, v = (permute_tokens(t, p.perm) for t in (q, k, v))
                 if p.pre is not None:
                     q, k, v = p.pre(q, k, v)
-                with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-                    o = attend(q, k, v, score_mod=p.score_mod, block_mask=p.block_mask, enable_gqa=gqa)
+                o = attend(q, k, v, score_mod=p.score_mod, block_mask=p.block_mask, enable_gqa=gqa)
                 return permute_tokens(o, inv) if inv is not None else o
 
             if _compiled:

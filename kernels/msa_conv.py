@@ -11,23 +11,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from attnbench.impls.msa_conv import SPEC, canvas_mask_mod, grid_of, pad_to_canvas, padding
-from attnbench.kernels.flex import flex_can_run
 
+from attnbench.impls.msa_conv import SPEC, canvas_mask_mod, grid_of, pad_to_canvas, padding
+from attnbench.kernels.flex import flex_can_run, flex_runner
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 
 
 def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int,
              spatial: Sequence[int] | None, compiled: bool) -> Callable[..., torch.Tensor]:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
 
     grid = grid_of(q.shape[-2], spatial)
     pad = padding(kernel_size, dilation)
     nk = (grid[0] + 2 * pad) * (grid[1] + 2 * pad)
     block_mask = create_block_mask(canvas_mask_mod(grid, kernel_size, dilation), None, None,
                                    q.shape[-2], nk, device=q.device.type)
-    attend = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    attend = flex_runner(compiled)
     gqa = q.shape[1] != k.shape[1]
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

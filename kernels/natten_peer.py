@@ -12,10 +12,10 @@ import importlib.util
 from collections.abc import Sequence
 
 import torch
+
 from attnbench.impls.gna import SPEC as GNA_SPEC
 from attnbench.impls.neighborhood import SPEC as NA_SPEC
 from attnbench.impls.neighborhood import NAConfig, na_config, workload_config
-
 from attnbench.registry import register_backend
 from attnbench.spec import Backend, Params, Workload
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from attnbench.impls.neighborhood import (
     SPEC,
     NAConfig,
@@ -23,7 +24,6 @@ from attnbench.impls.neighborhood import (
     na_mask_rows,
     tile_permutation,
 )
-
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from attnbench.impls.shvit import SPEC
 
+from attnbench.impls.shvit import SPEC
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

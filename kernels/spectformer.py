@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from attnbench.impls.spectformer import SPEC
 
+from attnbench.impls.spectformer import SPEC
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 
