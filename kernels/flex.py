@@ -16,7 +16,7 @@ import torch
 from attnbench.registry import Impl, register_generic_backend
 from attnbench.spec import DTYPES, AttentionSpec, Backend, Params, Workload
 
-_RECOMPILE_LIMIT = 256  # shape sweeps compile one graph per shape; dynamo's default is 8
+_RECOMPILE_LIMIT = 1024  # shape sweeps compile one graph per shape and mask; dynamo default is 8
 
 
 def flex_can_run(w: Workload, params: Params) -> str | None:
