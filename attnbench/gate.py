@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attnbench.benchjson import BenchJsonError, load_inputs
+from attnbench.reports.markdown import md_escape
 from attnbench.results import SchemaError
 
 LOWER, HIGHER = "lower", "higher"
@@ -230,8 +231,8 @@ class Comparison:
 
     def to_markdown(self) -> str:
         icon = "❌" if self.exit_code else "✅"
-        lines = [f"### {icon} attnbench compare", "", _md(self.headline()), ""]
-        lines += [f"> ⚠️ {_md(w)}" for w in self.warnings]
+        lines = [f"### {icon} attnbench compare", "", md_escape(self.headline()), ""]
+        lines += [f"> ⚠️ {md_escape(w)}" for w in self.warnings]
         rows = self.shown()
         if rows:
             lines += [
@@ -240,8 +241,8 @@ class Comparison:
                 "|---|---|---|---:|---:|---:|---:|---|",
             ]
             lines += [
-                f"| {e.verdict} | {_md(e.label)} | {_md(e.metric)} | {_fmt(e.base)} | {_fmt(e.head)} | "
-                f"{_fmt(e.factor)} | {_fmt(e.p_value)} | {_md(e.note)} |"
+                f"| {e.verdict} | {md_escape(e.label)} | {md_escape(e.metric)} | {_fmt(e.base)} | {_fmt(e.head)} | "
+                f"{_fmt(e.factor)} | {_fmt(e.p_value)} | {md_escape(e.note)} |"
                 for e in rows
             ]
         return "\n".join(lines) + "\n"
@@ -277,16 +278,6 @@ def _fmt(x: float | None) -> str:
         return "—"
     return f"{x:.4g}"
 
-
-def _md(s: str) -> str:
-    return (
-        s.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("|", "\\|")
-        .replace("`", "\\`")
-        .replace("\n", " ")
-    )
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -184,13 +184,6 @@ def rows_probs(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params, r
     return probs(q[:, :, start:stop], k, causal, params, q_offset=start)
 
 
-def flex_can_run(w: Workload, params: Params) -> str | None:
-    if w.mode != "fwd" and w.device == "cpu":
-        return "FlexAttention has no backward on CPU"
-    if w.dtype == "float64" and w.device != "cpu":
-        return "FlexAttention on GPU does not take float64"
-    return None
-
 
 def head_mask(heads: list[int] | None, h: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Bool `[H]`: the selected heads (None = every head)."""

@@ -9,11 +9,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from attnbench.impls.mha import dense_attention
-from attnbench.impls.spectformer import grid_of
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
+from attnbench.impls.mha import dense_attention
+from attnbench.impls.spectformer import grid_of
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from attnbench.impls.mha import causal_mask, dense_attention
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs
+from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -8,7 +8,6 @@ small generic workloads (4 heads, C = 2) stay valid.
 from __future__ import annotations
 
 from attnbench.impls.cca import CCAttention, make_spec
-
 from attnbench.registry import register_method
 from attnbench.spec import Backend
 

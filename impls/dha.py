@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from attnbench.impls.mha import causal_mask, dense_attention
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs
+from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 

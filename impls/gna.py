@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 
 import torch
+
+from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.neighborhood import (
     adapt,
@@ -25,8 +27,6 @@ from attnbench.impls.neighborhood import (
     na_mask_rows,
     tile_permutation,
 )
-
-from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, Paper
 

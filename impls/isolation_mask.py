@@ -20,9 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from attnbench.impls.mha import dense_attention
 
 from attnbench.flops import mask_flops
+from attnbench.impls.mha import dense_attention
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -8,11 +8,11 @@ groups. Gated head outputs go through `W_O`; a load-balance loss keeps the route
 from __future__ import annotations
 
 import torch
-from attnbench.impls.mha import causal_mask, dense_attention
-from attnbench.impls.mha import kv_cache_bytes as mha_kv_cache_bytes
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs
+from attnbench.impls.mha import causal_mask, dense_attention
+from attnbench.impls.mha import kv_cache_bytes as mha_kv_cache_bytes
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 

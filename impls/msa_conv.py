@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from attnbench.impls.neighborhood import cube_grid
 
 from attnbench.flops import mask_flops
+from attnbench.impls.neighborhood import cube_grid
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from attnbench.impls.mha import dense_attention
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, core_flops, tile_stats
+from attnbench.impls.mha import dense_attention
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 

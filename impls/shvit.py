@@ -4,10 +4,10 @@ arXiv 2401.16456. The SHSA layer: single-head attention on a fraction of the cha
 from __future__ import annotations
 
 import torch
-from attnbench.impls.mha import dense_attention
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
+from attnbench.impls.mha import dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 

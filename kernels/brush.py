@@ -7,11 +7,12 @@ import torch
 
 from attnbench.impls import _intervene as iv
 from attnbench.impls.brush import SPEC, combine, head_gain, spans
+from attnbench.kernels.flex import flex_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 
 
-@register_backend(SPEC, Backend.FLEX, can_run=iv.flex_can_run)
+@register_backend(SPEC, Backend.FLEX, can_run=flex_can_run)
 def brush_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
                base_params: dict | None = None, lam: float = 0.3, gamma: float = 0.2,
                text_span: list[int] | None = None, demo_span: list[int] | None = None,

@@ -7,11 +7,12 @@ import torch
 
 from attnbench.impls import _intervene as iv
 from attnbench.impls.gift import SPEC, log_gains, query_rows, saliency
+from attnbench.kernels.flex import flex_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 
 
-@register_backend(SPEC, Backend.FLEX, can_run=iv.flex_can_run)
+@register_backend(SPEC, Backend.FLEX, can_run=flex_can_run)
 def gift_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
               base_params: dict | None = None, alpha: float = 5.0, query_gain: float | None = None,
               head_frac: float = 0.5, img_span: list[int] | None = None, query_span: list[int] | None = None

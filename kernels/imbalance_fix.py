@@ -7,11 +7,12 @@ import torch
 
 from attnbench.impls import _intervene as iv
 from attnbench.impls.imbalance_fix import SPEC, streams
+from attnbench.kernels.flex import flex_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 
 
-@register_backend(SPEC, Backend.FLEX, can_run=iv.flex_can_run)
+@register_backend(SPEC, Backend.FLEX, can_run=flex_can_run)
 def imbalance_fix_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                        base: str = "mha", base_params: dict | None = None, alpha: float = 0.7, beta: float = 0.3,
                        top_frac: float = 0.25, head_modulation: bool = True, img_span: list[int] | None = None

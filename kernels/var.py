@@ -8,11 +8,12 @@ import torch
 
 from attnbench.impls import _intervene as iv
 from attnbench.impls.var import SPEC, selected_rows, sets
+from attnbench.kernels.flex import flex_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 
 
-@register_backend(SPEC, Backend.FLEX, can_run=iv.flex_can_run)
+@register_backend(SPEC, Backend.FLEX, can_run=flex_can_run)
 def var_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
              base_params: dict | None = None, keep_frac: float = 0.6, sinks: list[int] = (0,), summ: float = 0.2,
              rho: float = 0.5, img_span: list[int] | None = None,

@@ -11,7 +11,8 @@ from attnbench.benchjson import load_inputs
 from attnbench.reports import data as D
 
 
-def _md(s: str) -> str:
+def md_escape(s: str) -> str:
+    """Text safe inside a Markdown table cell (HTML and table/emphasis syntax escaped)."""
     return (
         s.replace("&", "&amp;")
         .replace("<", "&lt;")
@@ -26,7 +27,7 @@ def _md(s: str) -> str:
 
 def table_markdown(t: D.Table) -> str:
     """A report table as a GitHub Markdown table (status cells keep their status word)."""
-    head = "| " + " | ".join(_md(label) for label, _ in t.columns) + " |"
+    head = "| " + " | ".join(md_escape(label) for label, _ in t.columns) + " |"
     sep = (
         "|"
         + "|".join(
@@ -35,7 +36,7 @@ def table_markdown(t: D.Table) -> str:
         )
         + "|"
     )
-    body = ["| " + " | ".join(_md(c.text) for c in cells) + " |" for _, cells in t.rows]
+    body = ["| " + " | ".join(md_escape(c.text) for c in cells) + " |" for _, cells in t.rows]
     return "\n".join([head, sep, *body])
 
 
@@ -54,17 +55,17 @@ def markdown_summary(inputs: Sequence[str | os.PathLike[str]]) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         b = SiteBuilder(df, Path(tmp))
         parts = ["## attnbench results", ""]
-        parts += [f"> {_md(w)}" for w in b.warnings]
+        parts += [f"> {md_escape(w)}" for w in b.warnings]
         for run in b.run_summary():
             board, _, shapes = b.leaderboard(run["device"])
             parts += [
-                f"### {_md(run['device'])}",
+                f"### {md_escape(run['device'])}",
                 "",
-                f"{run['runs']} run(s), {run['rows']} rows; case statuses: {_md(run['statuses'])}.",
+                f"{run['runs']} run(s), {run['rows']} rows; case statuses: {md_escape(run['statuses'])}.",
             ]
             if shapes["latency"]:
                 parts.append(
-                    f"Latency columns at {_md(D.shape_label(shapes['latency']))}; "
+                    f"Latency columns at {md_escape(D.shape_label(shapes['latency']))}; "
                     "fast₁ = share of latency cases correct and faster than dense."
                 )
             parts += ["", table_markdown(board), ""]

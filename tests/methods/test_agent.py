@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import attnbench.kernels.agent  # registers agent and its SDPA step
 import pytest
 import torch
+
+import attnbench.kernels.agent  # registers agent and its SDPA step
+from attnbench.flops import counted_flops
 from attnbench.impls.agent import SPEC, agent_attention, agent_flops
 from attnbench.impls.mha import dense_attention
-
-from attnbench.flops import counted_flops
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import attnbench.kernels.ccgqa  # noqa: F401  (registers ccgqa and its SDPA step)
 import pytest
 import torch
+
+import attnbench.kernels.ccgqa  # noqa: F401  (registers ccgqa and its SDPA step)
 from attnbench.impls.ccgqa import SPEC
 from attnbench.impls.mha import causal_mask, dense_attention
-
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from attnbench.impls.gna import SPEC, gna, natten_sim
 from attnbench.impls.neighborhood import na_config, na_mask, neighborhood
 from attnbench.kernels.gna import blocked_attention
-
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from attnbench.impls.isolation_mask import (
     REFERENCE,
     SPEC,
@@ -14,7 +15,6 @@ from attnbench.impls.isolation_mask import (
     layout,
     leakage,
 )
-
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from attnbench.impls.msa_conv import SPEC, msa_conv
 from attnbench.impls.neighborhood import neighborhood
-
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from attnbench.impls.neighborhood import (
     SPEC,
     axis_masks,
@@ -19,7 +20,6 @@ from attnbench.impls.neighborhood import (
     neighborhood,
 )
 from attnbench.kernels.neighborhood import staged_tiled
-
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 

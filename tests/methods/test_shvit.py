@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import attnbench.kernels.shvit  # noqa: F401  (registers shvit and its SDPA step)
 import pytest
 import torch
+
+import attnbench.kernels.shvit  # noqa: F401  (registers shvit and its SDPA step)
+from attnbench.flops import counted_flops
 from attnbench.impls.mha import dense_attention
 from attnbench.impls.shvit import SPEC, shvit_flops
-
-from attnbench.flops import counted_flops
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import attnbench.kernels.spectformer  # noqa: F401  (registers spectformer and its FFT step)
 import pytest
 import torch
-from attnbench.impls.spectformer import SPEC, spectformer_flops, spectformer_mixers
 
+import attnbench.kernels.spectformer  # noqa: F401  (registers spectformer and its FFT step)
+from attnbench.impls.spectformer import SPEC, spectformer_flops, spectformer_mixers
 from attnbench.layers import build_layer
 from attnbench.spec import Workload
 
