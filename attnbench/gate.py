@@ -31,7 +31,6 @@ from rich.console import Console
 from rich.table import Table
 
 from attnbench.benchjson import BenchJsonError, load_inputs
-from attnbench.reports.markdown import md_escape
 from attnbench.results import SchemaError
 
 LOWER, HIGHER = "lower", "higher"
@@ -271,6 +270,20 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
     return str(x)
+
+
+def md_escape(s: str) -> str:
+    """Text safe inside a Markdown table cell (HTML and table/emphasis syntax escaped)."""
+    return (
+        s.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("|", "\\|")
+        .replace("`", "\\`")
+        .replace("*", "\\*")
+        .replace("_", "\\_")
+        .replace("\n", " ")
+    )
 
 
 def _fmt(x: float | None) -> str:

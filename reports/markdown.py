@@ -8,21 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from attnbench.benchjson import load_inputs
+from attnbench.gate import md_escape
 from attnbench.reports import data as D
-
-
-def md_escape(s: str) -> str:
-    """Text safe inside a Markdown table cell (HTML and table/emphasis syntax escaped)."""
-    return (
-        s.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("|", "\\|")
-        .replace("`", "\\`")
-        .replace("*", "\\*")
-        .replace("_", "\\_")
-        .replace("\n", " ")
-    )
 
 
 def table_markdown(t: D.Table) -> str:

@@ -35,3 +35,17 @@ def test_cold_import_without_triton() -> None:
     res = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.startswith("ok")
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
+    """Import-order cycles only show when a module is the first one imported (as the CLI does)."""
+    import pkgutil
+
+    import attnbench
+
+    names = [f"attnbench.{m.name}" for m in pkgutil.iter_modules(attnbench.__path__) if m.name != "__main__"]
+    names += ["attnbench.reports", "attnbench.reports.site", "attnbench.reports.markdown"]
+    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
+    for name in names:
+        res = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, f"{name}: {res.stderr[-1500:]}"
