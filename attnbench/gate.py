@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attnbench.benchjson import BenchJsonError, load_inputs
-from attnbench.results import SchemaError
+from attnbench.results import ROW_IDENTITY, SchemaError
 
 LOWER, HIGHER = "lower", "higher"
 # Measured timings (and rates derived from them): only significant given samples, spread or replicates.
@@ -77,23 +77,8 @@ _HIGHER_WORDS = re.compile(r"(^|_)(acc|accuracy|top1|top5|f1|precision|recall|tf
 # Differences below these are never regressions (page-granular RSS, one accuracy point).
 FLOOR_BYTES, FLOOR_FRACTION = float(1 << 20), 0.01
 FAILED = {"wrong", "oom", "error", "timeout", "unsupported"}
-# Columns that identify a row within its case (Row.extra may override shape columns).
-_KEY = [
-    "suite",
-    "case_id",
-    "metric",
-    "stat",
-    "batch",
-    "heads",
-    "kv_heads",
-    "seq_len",
-    "seq_kv",
-    "head_dim",
-    "dtype",
-    "causal",
-    "mode",
-    "params",
-]
+# Columns that identify a row within its case across runs: the results' row identity, minus the run.
+_KEY = ["suite", *(c for c in ROW_IDENTITY if c != "run_id")]
 _ENV = ["device_name", "torch_version", "triton_version", "num_threads"]
 _BOOT = 2000
 
