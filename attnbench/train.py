@@ -329,6 +329,29 @@ def accepts_spatial(entry: MethodEntry) -> bool:
     return "spatial" in inspect.signature(entry.reference.fn).parameters
 
 
+def fit_heads(entry: MethodEntry, backend: str, w: Workload, params: Mapping[str, Any],
+              opts: dict[str, Any]) -> tuple[Workload, dict[str, Any]]:
+    """The task's workload with the fewest extra heads (model width kept) the method can run.
+
+    Proxies fix the model width; a grouped method (e.g. gqa's 4 query heads per kv head) cannot
+    run a 1-head MQAR model. Such a method gets the smallest head count ≥ the task's, dividing
+    the width, that its checks accept; `heads_note` in the options says so. Otherwise `w` is
+    returned unchanged and the runner records the method's own reason.
+    """
+    first = entry.why_not(Backend(backend), entry.spec.shape(w, params), params)
+    if first is None:
+        return w, opts
+    d = w.d_model
+    for h in range(w.heads_q + 1, d + 1):
+        if d % h or (d // h) % 2:
+            continue
+        trial = w.replace(heads_q=h, heads_kv=h, head_dim=d // h)
+        if entry.why_not(Backend(backend), entry.spec.shape(trial, params), params) is None:
+            note = f"{entry.name} cannot run {w.heads_q} head(s) ({first}); trained with {h}"
+            return trial, {**opts, "heads_note": note}
+    return w, opts
+
+
 class ProxySuite:
     """Base of the proxy suites: settings per preset tier, cases, applicability, model building.
 
@@ -370,8 +393,10 @@ class ProxySuite:
             for backend in self.backends(preset, s):
                 if Backend(backend) not in entry.impls or not preset.selects(entry.name, backend, self.name):
                     continue
-                params = params_json(method_params(section, entry))
+                overrides = method_params(section, entry)
+                params = params_json(overrides)
                 for w, opts in self.tasks(s, entry, device):
+                    w, opts = fit_heads(entry, backend, w, entry.spec.params(overrides), opts)
                     for seed in s["seeds"]:
                         out.append(Case(self.name, entry.name, backend, w, params, int(seed), preset.name,
                                         self.version, json.dumps(opts, sort_keys=True)))

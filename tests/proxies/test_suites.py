@@ -176,3 +176,23 @@ def test_explicit_top_level_backend_selection_is_honoured():
     assert [c.backend for c in cases] == ["sdpa"]
     cases = SUITES.get("niah").cases(Preset("smoke", {"methods": ["mha"], "backends": ["*"]}), METHODS)
     assert [c.backend for c in cases] == ["reference"]
+
+
+@pytest.mark.parametrize("method", ["gqa", "dha"])
+def test_grouped_methods_get_the_fewest_extra_heads_at_the_same_width(method):
+    """MQAR's 1-head model: a grouped method trains with more, narrower heads and says why."""
+    mha, case = one_case("mqar"), one_case("mqar", method)
+    assert mha.workload.heads_q == 1 and "heads_note" not in mha.option_dict
+    w, entry = case.workload, METHODS.get(method)
+    assert w.heads_q > 1 and w.d_model == mha.workload.d_model
+    assert "trained with" in case.option_dict["heads_note"]
+    params = entry.spec.params(case.param_dict)
+    assert entry.why_not(Backend.REFERENCE, entry.spec.shape(w, params), params) is None
+    assert entry.why_not(Backend.REFERENCE, entry.spec.shape(w.replace(heads_q=w.heads_q - 1, heads_kv=w.heads_q - 1,
+                                                                      head_dim=w.d_model // (w.heads_q - 1)),
+                                                            params), params) is not None
+
+
+def test_unfittable_methods_keep_their_own_reason():
+    case = one_case("image_cls", "paro")  # N=49 is not a multiple of its block, whatever the heads
+    assert "heads_note" not in case.option_dict
