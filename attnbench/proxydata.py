@@ -62,28 +62,36 @@ def mqar(rng: np.random.Generator, n: int, vocab: int, seq_len: int, kv_pairs: i
 NEEDLE, QUERY, FIRST_FILLER = 10, 11, 12  # digits are tokens 0..9
 
 
-def niah_vocab(n_filler: int) -> int:
-    return FIRST_FILLER + n_filler
+def niah_vocab(n_filler: int, n_keys: int = 0) -> int:
+    """Digits, NEEDLE, QUERY, `n_filler` filler tokens, then `n_keys` key tokens (keyed needles)."""
+    return FIRST_FILLER + n_filler + n_keys
+
+
+def _haystack(rng: np.random.Generator, n: int, length: int, n_filler: int, haystack: str) -> np.ndarray:
+    if haystack == "noise":
+        return FIRST_FILLER + rng.integers(0, n_filler, size=(n, length))
+    if haystack == "periodic":
+        return FIRST_FILLER + (rng.integers(0, n_filler, size=(n, 1)) + np.arange(length)[None, :]) % n_filler
+    raise ValueError(f"unknown haystack {haystack!r}; valid: noise, periodic")
 
 
 def niah(rng: np.random.Generator, n: int, seq_len: int, depths: np.ndarray | float | None = None,
-         digits: int = 3, n_filler: int = 64, haystack: str = "noise") -> tuple[np.ndarray, np.ndarray]:
+         digits: int = 3, n_filler: int = 64, haystack: str = "noise", needles: int = 1, values: int = 1,
+         queries: int = 1, n_keys: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Passkey sequences: filler, `NEEDLE d₁…d_k` at depth δ, and `QUERY d₁…d_k` at the end.
 
     The needle starts at round(δ·(L−2k−2)); δ ~ U[0, 1] when `depths` is None. Haystack "noise"
     draws filler tokens uniformly; "periodic" repeats the filler alphabet from a random offset.
+    More than one needle, value or query gives RULER's keyed variants (see `niah_keyed`).
     Returns:
         inputs `[n, L]`, labels `[n, L]`: the k digit predictions (teacher-forced) are scored.
     """
+    if (needles, values, queries) != (1, 1, 1):
+        return niah_keyed(rng, n, seq_len, depths, digits, n_filler, haystack, needles, values, queries, n_keys)
     k, L = digits, seq_len
     if L < 2 * k + 2:
         raise ValueError(f"NIAH needs L >= 2k+2, got L={L}, k={k}")
-    if haystack == "noise":
-        inputs = FIRST_FILLER + rng.integers(0, n_filler, size=(n, L))
-    elif haystack == "periodic":
-        inputs = FIRST_FILLER + (rng.integers(0, n_filler, size=(n, 1)) + np.arange(L)[None, :]) % n_filler
-    else:
-        raise ValueError(f"unknown haystack {haystack!r}; valid: noise, periodic")
+    inputs = _haystack(rng, n, L, n_filler, haystack)
     d = rng.random(n) if depths is None else np.broadcast_to(np.asarray(depths, dtype=np.float64), (n,))
     start = np.rint(d * (L - 2 * k - 2)).astype(np.int64)
     key = rng.integers(0, 10, size=(n, k))
@@ -94,6 +102,64 @@ def niah(rng: np.random.Generator, n: int, seq_len: int, depths: np.ndarray | fl
     inputs[:, L - k:] = key
     labels = np.full((n, L), IGNORE, dtype=np.int64)
     labels[:, L - k - 1:L - 1] = key
+    return inputs.astype(np.int64), labels
+
+
+def _pack(rng: np.random.Generator, count: int, left: int, right: int, block: int,
+          right_at: int) -> list[int]:
+    """Starts of `count` non-overlapping blocks in `[0, left)` and `[right_at, right_at + right)`,
+    uniformly spread (stars and bars on each side); needs floor(left/block) + floor(right/block) >= count."""
+    cap_l, cap_r = left // block, right // block
+    n_l = int(np.clip(rng.binomial(count, left / max(left + right, 1)), count - cap_r, cap_l))
+    out = []
+    for n_side, space, base in ((n_l, left, 0), (count - n_l, right, right_at)):
+        gaps = np.sort(rng.integers(0, space - n_side * block + 1, size=n_side))
+        out += [base + int(g) + i * block for i, g in enumerate(gaps)]
+    return out
+
+
+def niah_keyed(rng: np.random.Generator, n: int, seq_len: int, depths: np.ndarray | float | None,
+               digits: int, n_filler: int, haystack: str, needles: int, values: int, queries: int,
+               n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """RULER-style keyed needles: multi-key (`needles` > 1 distractor keys), multi-value
+    (`values` needles per key) and multi-query (`queries` keys asked).
+
+    Each needle is `NEEDLE key d₁…d_k` (distinct key tokens per sequence). The end holds, per
+    queried key, `QUERY key` followed by all its values in order of appearance; every digit
+    prediction there is scored. One needle of the first queried key sits at depth δ of the
+    haystack (random when `depths` is None); the others go to random non-overlapping positions.
+    """
+    k, block = digits, digits + 2
+    if not 1 <= queries <= needles <= n_keys:
+        raise ValueError(f"keyed NIAH needs 1 <= queries <= needles <= n_keys, got {queries}, {needles}, {n_keys}")
+    tail = queries * (2 + values * k)
+    hay = seq_len - tail
+    m = needles * values
+    if hay < (m + 1) * block:
+        raise ValueError(f"keyed NIAH: L={seq_len} cannot hold {m} needles of {block} tokens (plus one of slack) "
+                         f"and {tail} query tokens")
+    inputs = _haystack(rng, n, seq_len, n_filler, haystack)
+    labels = np.full((n, seq_len), IGNORE, dtype=np.int64)
+    d = rng.random(n) if depths is None else np.broadcast_to(np.asarray(depths, dtype=np.float64), (n,))
+    first_key = FIRST_FILLER + n_filler
+    for r in range(n):
+        keys = first_key + rng.choice(n_keys, size=needles, replace=False)
+        vals = rng.integers(0, 10, size=(needles, values, k))
+        target = int(np.rint(d[r] * (hay - block)))
+        slots = [target, *_pack(rng, m - 1, target, hay - target - block, block, target + block)]
+        order = [0, *(1 + rng.permutation(m - 1))]  # needle 0 (key 0, value 0) is the one at depth δ
+        starts = np.empty((needles, values), np.int64)
+        for i, (a, b) in enumerate(np.ndindex(needles, values)):
+            starts[a, b] = slots[order[i]]
+        for a, b in np.ndindex(needles, values):
+            s = starts[a, b]
+            inputs[r, s:s + block] = [NEEDLE, keys[a], *vals[a, b]]
+        pos = hay
+        for a in range(queries):  # key 0 holds the needle at depth δ
+            answer = vals[a][np.argsort(starts[a])].reshape(-1)
+            inputs[r, pos:pos + 2 + len(answer)] = [QUERY, keys[a], *answer]
+            labels[r, pos + 1:pos + 1 + len(answer)] = answer
+            pos += 2 + len(answer)
     return inputs.astype(np.int64), labels
 
 

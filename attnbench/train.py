@@ -287,6 +287,11 @@ def settings_for(defaults: Mapping[str, Mapping[str, Any]], preset_name: str,
 
 
 # -- shared suite plumbing ---------------------------------------------------------------------
+def expand_variants(s: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The settings once per entry of their `variants` (a list of overrides; empty = once as is)."""
+    return [{**s, **v} for v in s.get("variants") or [{}]]
+
+
 def method_params(section: Mapping[str, Any], entry: MethodEntry) -> dict[str, Any]:
     """Preset overrides `params.<method>` for one method, validated against its defaults."""
     overrides = dict(section.get("params", {}).get(entry.name, {}))

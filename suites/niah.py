@@ -8,6 +8,11 @@ method and seed); lengths above max_len measure extrapolation. Learned absolute 
 extrapolate, so those cells are left out for `pos = "learned"`. Layer methods train without RoPE
 (see `attnbench.train.effective_pos`); the scheme used is in the case options.
 
+RULER's keyed variants (`needles` > 1 distractor keys, `values` per key, `queries` keys asked,
+see `proxydata.niah_keyed`) train and score the same way; their metrics are prefixed
+`niah_k<needles>v<values>q<queries>` instead of `niah`. The full tier runs the single needle and
+multi-key, multi-value and multi-query variants (`variants`: one case per entry).
+
 Rows (the case's seq_len is max_len):
     niah_acc_depth<δ>   exact match in one grid cell, with seq_len = the cell's length (heat map)
     niah_acc_in_range   mean exact match over cells with L ≤ max_len (headline)
@@ -33,6 +38,7 @@ from attnbench.train import (
     TrainConfig,
     data_rng,
     effective_pos,
+    expand_variants,
     seed_all,
     token_hits,
     token_loss,
@@ -45,7 +51,10 @@ _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], digits=3, n_filler=64, haystack="noise", min_len=32, max_len=128,
     d_model=64, n_layers=2, n_heads=2, mlp=True, pos="rope", lr=2e-3, weight_decay=0.0, batch_size=32,
     warmup=450, schedule_steps=1_500, steps=1_500, loss_target=0.01, wall_cap_s=300.0,
-    eval_lens=[64, 128, 256], eval_depths=[0.0, 0.25, 0.5, 0.75, 1.0], eval_samples=100)
+    eval_lens=[64, 128, 256], eval_depths=[0.0, 0.25, 0.5, 0.75, 1.0], eval_samples=100,
+    needles=1, values=1, queries=1, n_keys=16, variants=[])
+# RULER's niah_single, niah_multikey (3 distractor keys), niah_multivalue, niah_multiquery
+RULER_VARIANTS = [{}, {"needles": 4}, {"values": 2}, {"needles": 4, "queries": 2}]
 DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": _SMOKE,
     "quick": {**_SMOKE, "eval_lens": [64, 128, 256, 512], "wall_cap_s": 900.0},
@@ -53,7 +62,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "n_heads": 4, "lr": 1e-3, "warmup": 1_000, "schedule_steps": 20_000, "steps": 20_000,
              "loss_target": 0.001, "wall_cap_s": 7_200.0,
              "eval_lens": [256, 512, 1024, 2048, 4096, 8192],
-             "eval_depths": [i / 10 for i in range(11)], "eval_samples": 200},
+             "eval_depths": [i / 10 for i in range(11)], "eval_samples": 200, "variants": RULER_VARIANTS},
 }
 
 
@@ -69,27 +78,36 @@ class NIAH(ProxySuite):
         pos, why = effective_pos(entry.name, s["pos"])
         keys = ("digits", "n_filler", "haystack", "min_len", "max_len", "n_layers", "mlp", "lr",
                 "weight_decay", "batch_size", "warmup", "schedule_steps", "steps", "loss_target",
-                "wall_cap_s", "eval_lens", "eval_depths", "eval_samples")
-        opts = {**{k: s[k] for k in keys}, "pos": pos, "pos_note": why}
-        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=s["max_len"],
-                     seq_kv=s["max_len"], head_dim=s["d_model"] // s["n_heads"], causal=True, mode="fwd_bwd",
-                     device=device)
-        return [(w, opts)]
+                "wall_cap_s", "eval_lens", "eval_depths", "eval_samples", "needles", "values", "queries", "n_keys")
+        out = []
+        for v in expand_variants(s):
+            opts = {**{k: v[k] for k in keys}, "pos": pos, "pos_note": why}
+            w = Workload(batch=v["batch_size"], heads_q=v["n_heads"], heads_kv=v["n_heads"], seq_q=v["max_len"],
+                         seq_kv=v["max_len"], head_dim=v["d_model"] // v["n_heads"], causal=True, mode="fwd_bwd",
+                         device=device)
+            out.append((w, opts))
+        return out
 
     def run(self, case: Case) -> list[Row]:
         o = case.option_dict
         dev = torch.device(case.workload.device)
         rng = data_rng(case.seed, 0)
         k, nf = o["digits"], o["n_filler"]
+        shape = {key: o[key] for key in ("needles", "values", "queries", "n_keys")}
+        keyed = (o["needles"], o["values"], o["queries"]) != (1, 1, 1)
+        prefix = "niah_k{needles}v{values}q{queries}".format(**shape) if keyed else "niah"
 
-        def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-            n = int(rng.integers(o["min_len"], o["max_len"] + 1))
-            x, y = proxydata.niah(rng, o["batch_size"], n, None, k, nf, o["haystack"])
+        def make(gen: np.random.Generator, n: int, length: int, depth: float | None) -> tuple[torch.Tensor, ...]:
+            x, y = proxydata.niah(gen, n, length, depth, k, nf, o["haystack"], **shape)
             return torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+
+        def batch_fn(step: int) -> tuple[torch.Tensor, ...]:
+            return make(rng, o["batch_size"], int(rng.integers(o["min_len"], o["max_len"] + 1)), None)
 
         seed_all(case.seed)
         learned = o["pos"] == "learned"
-        cfg = self.model_config(case, vocab=proxydata.niah_vocab(nf), out_dim=proxydata.niah_vocab(nf),
+        vocab = proxydata.niah_vocab(nf, o["n_keys"] if keyed else 0)
+        cfg = self.model_config(case, vocab=vocab, out_dim=vocab,
                                 n_layers=o["n_layers"], mlp=o["mlp"], pos=o["pos"], max_len=o["max_len"])
         model = ProxyModel(cfg).to(dev)
         tc = TrainConfig(steps=o["steps"], lr=o["lr"], weight_decay=o["weight_decay"], warmup=o["warmup"],
@@ -103,18 +121,17 @@ class NIAH(ProxySuite):
                 continue
             for j, depth in enumerate(o["eval_depths"]):
                 cell_rng = np.random.default_rng([EVAL_SEED, i, j, length])
-                x, y = proxydata.niah(cell_rng, o["eval_samples"], length, depth, k, nf, o["haystack"])
-                hits, total = token_hits(model, torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev),
-                                         case.workload.batch)
+                x, y = make(cell_rng, o["eval_samples"], length, depth)
+                hits, total = token_hits(model, x, y, case.workload.batch)
                 exact = float((hits == total).mean())
-                rows.append(Row(f"niah_acc_depth{depth:g}", exact, "fraction", n=len(x),
+                rows.append(Row(f"{prefix}_acc_depth{depth:g}", exact, "fraction", n=len(x),
                                 extra={"seq_len": length, "seq_kv": length}))
                 (inside if length <= o["max_len"] else outside).append(exact)
                 if length <= o["max_len"]:
                     digit_hits.append(float(hits.sum() / total.sum()))
-        rows.append(Row("niah_acc_in_range", float(np.mean(inside)), "fraction", "mean", len(inside)))
-        rows.append(Row("niah_digit_acc_in_range", float(np.mean(digit_hits)), "fraction", "mean",
+        rows.append(Row(f"{prefix}_acc_in_range", float(np.mean(inside)), "fraction", "mean", len(inside)))
+        rows.append(Row(f"{prefix}_digit_acc_in_range", float(np.mean(digit_hits)), "fraction", "mean",
                         len(inside)))
         if outside:
-            rows.append(Row("niah_acc_extrap", float(np.mean(outside)), "fraction", "mean", len(outside)))
+            rows.append(Row(f"{prefix}_acc_extrap", float(np.mean(outside)), "fraction", "mean", len(outside)))
         return rows + res.rows()

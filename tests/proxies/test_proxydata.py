@@ -76,6 +76,41 @@ def test_niah_random_depths_cover_the_context():
     assert starts.min() <= 2 and starts.max() >= 54
 
 
+@pytest.mark.parametrize("needles,values,queries", [(4, 1, 1), (1, 2, 1), (4, 1, 2), (3, 2, 2)])
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_niah_keyed_needles_answers_and_depth(needles, values, queries, depth):
+    k, n_len, nf, n_keys = 3, 80, 16, 8
+    x, y = pd.niah(np.random.default_rng(5), 40, n_len, depth, digits=k, n_filler=nf, needles=needles,
+                   values=values, queries=queries, n_keys=n_keys)
+    first_key = pd.FIRST_FILLER + nf
+    assert x.max() < pd.niah_vocab(nf, n_keys)
+    hay = n_len - queries * (2 + values * k)
+    for row, lab in zip(x, y, strict=True):
+        starts = np.flatnonzero(row[:hay] == pd.NEEDLE)
+        assert len(starts) == needles * values  # blocks never overlap, so every NEEDLE survives
+        keys = row[starts + 1]
+        assert (keys >= first_key).all() and len(set(keys)) == needles  # distinct keys, `values` needles each
+        assert round(depth * (hay - k - 2)) in starts  # the probed needle sits at depth δ
+        pos = hay
+        for _ in range(queries):
+            assert row[pos] == pd.QUERY and row[pos + 1] in keys
+            mine = starts[keys == row[pos + 1]]  # in order of appearance
+            answer = np.concatenate([row[s + 2:s + 2 + k] for s in mine])
+            assert (row[pos + 2:pos + 2 + len(answer)] == answer).all()
+            assert (lab[pos + 1:pos + 1 + len(answer)] == answer).all()  # each digit predicted from the token before
+            pos += 2 + len(answer)
+        assert (lab != pd.IGNORE).sum() == queries * values * k
+    probed_key = x[:, round(depth * (hay - k - 2)) + 1]
+    assert (probed_key == x[:, hay + 1]).all()  # the depth-δ needle belongs to the first queried key
+
+
+def test_niah_keyed_rejects_what_does_not_fit():
+    with pytest.raises(ValueError, match="cannot hold"):
+        pd.niah(np.random.default_rng(0), 2, 24, 0.5, digits=3, needles=4)
+    with pytest.raises(ValueError, match="queries <= needles"):
+        pd.niah(np.random.default_rng(0), 2, 80, 0.5, digits=3, needles=2, queries=3)
+
+
 def test_icl_baselines_known_cases():
     d, k = 5, 20
     p = pd.regression(np.random.default_rng(5), 4096, d, k, noise_var=0.0, beta_var=1.0)

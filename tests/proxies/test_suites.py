@@ -196,3 +196,14 @@ def test_grouped_methods_get_the_fewest_extra_heads_at_the_same_width(method):
 def test_unfittable_methods_keep_their_own_reason():
     case = one_case("image_cls", "paro")  # N=49 is not a multiple of its block, whatever the heads
     assert "heads_note" not in case.option_dict
+
+
+def test_niah_keyed_variants_are_cases_with_their_own_metrics():
+    variants = [{}, {"needles": 2, "queries": 2}]
+    cases = SUITES.get("niah").cases(Preset("smoke", {"suite": {"niah": {"methods": ["mha"], **TINY["niah"],
+                                                                          "min_len": 32, "max_len": 48,
+                                                                          "eval_lens": [48, 64],
+                                                                          "variants": variants}}}), METHODS)
+    assert len(cases) == 2 and len({c.case_id for c in cases}) == 2
+    m = metrics(SUITES.get("niah").run(next(c for c in cases if c.option_dict["needles"] == 2)))
+    assert {"niah_k2v1q2_acc_in_range", "niah_k2v1q2_acc_extrap"} <= m.keys() and "niah_acc_in_range" not in m
