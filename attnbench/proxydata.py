@@ -189,16 +189,29 @@ class RegressionPrompts:
 
 
 def regression(rng: np.random.Generator, n: int, d: int, k: int, noise_var: float = 0.1,
-               beta_var: float | None = None) -> RegressionPrompts:
-    """x ~ N(0, I_d), β ~ N(0, beta_var·I_d) (default 1/d), y = βᵀx + ε, ε ~ N(0, σ²)."""
+               beta_var: float | None = None, active_dims: int | None = None) -> RegressionPrompts:
+    """x ~ N(0, I_d), β ~ N(0, beta_var·I_d) (default 1/d), y = βᵀx + ε, ε ~ N(0, σ²).
+
+    `active_dims` < d zeroes the other coordinates of every x before y is formed (Garg et al.'s
+    curriculum trains on a growing sub-space of the full input dimension).
+    """
     bv = 1.0 / d if beta_var is None else beta_var
     beta = rng.normal(0, np.sqrt(bv), size=(n, d))
     xs = rng.normal(size=(n, k, d))
     xq = rng.normal(size=(n, d))
+    if active_dims is not None and active_dims < d:
+        xs[..., active_dims:] = 0.0
+        xq[:, active_dims:] = 0.0
     sd = np.sqrt(noise_var)
     ys = np.einsum("nkd,nd->nk", xs, beta) + sd * rng.normal(size=(n, k))
     yq = np.einsum("nd,nd->n", xq, beta) + sd * rng.normal(size=n)
     return RegressionPrompts(xs, ys, xq, yq, beta)
+
+
+def curriculum_at(step: int, start: int, end: int, increment: int, every: int) -> int:
+    """Garg et al.'s curriculum value at `step`: `start`, raised by `increment` every `every`
+    steps, capped at `end`."""
+    return min(end, start + increment * (step // every))
 
 
 def ridge_predict(p: RegressionPrompts, lam: float) -> np.ndarray:
@@ -223,12 +236,22 @@ def fit_gd1_step(p: RegressionPrompts) -> float:
     return float((s * p.yq).sum() / max((s * s).sum(), 1e-12))
 
 
+def knn_predict(p: RegressionPrompts, neighbours: int = 3) -> np.ndarray:
+    """Mean y of the `neighbours` in-context x nearest to x_q (all of them when fewer)."""
+    dist = np.linalg.norm(p.xs - p.xq[:, None], axis=-1)
+    m = min(neighbours, p.xs.shape[1])
+    idx = np.argsort(dist, axis=1, kind="stable")[:, :m]
+    return np.take_along_axis(p.ys, idx, axis=1).mean(1)
+
+
 def icl_baselines(p: RegressionPrompts, noise_var: float, beta_var: float,
                   eta: float) -> dict[str, np.ndarray]:
-    """Predictions of the baselines on the prompts the model sees: ols, ridge (Bayes), gd1, zero."""
+    """Predictions of the baselines on the prompts the model sees: ols, ridge (Bayes), gd1,
+    zero, and Garg et al.'s 3-NN and averaging (x_qᵀ·mean of y_l x_l)."""
     lam = noise_var / beta_var
-    return {"ols": ridge_predict(p, 0.0), "ridge": ridge_predict(p, lam),
-            "gd1": eta * gd1_direction(p), "zero": np.zeros_like(p.yq)}
+    k = p.xs.shape[1]
+    return {"ols": ridge_predict(p, 0.0), "ridge": ridge_predict(p, lam), "gd1": eta * gd1_direction(p),
+            "zero": np.zeros_like(p.yq), "knn3": knn_predict(p, 3), "averaging": gd1_direction(p) / k}
 
 
 # -- images -----------------------------------------------------------------------------------

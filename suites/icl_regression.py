@@ -4,14 +4,19 @@
 layer of attention with H heads of width d+1, no MLP/LN, no positions; the query's output is
 read out. Run as a causal sequence so causal-only methods fit. `interleaved` (Garg et al.): x₁,
 (y₁,0…), x₂, … with β ~ N(0, I), predictions at every x slot, errors divided by d.
-Baselines on the same eval prompts: least squares (min-norm), ridge with the Bayes λ = σ²/Var β,
-one-step GD (step fitted on held-out prompts) and zero. Eval prompts are fixed (same for every
-method and seed) and drawn per number of in-context examples k.
+Garg et al.'s curriculum (`curriculum = {"dims": [start, end, inc, every], "points": [...]}`)
+trains on a growing number of active input coordinates and in-context examples; evaluation is
+at the full size. Baselines on the same eval prompts: least squares (min-norm), ridge with the
+Bayes λ = σ²/Var β, one-step GD (step fitted on held-out prompts), zero, 3-NN and averaging.
+Eval prompts are fixed (same for every method and seed) and drawn per number of examples k.
+The full tier runs He et al.'s H ∈ {1, 2, 4, 8} and Garg et al.'s d=20 interleaved run with the
+curriculum (`variants`: one case per entry).
 
-Rows (the case's seq_len is the training prompt length in tokens):
-    icl_mse, icl_mse_{ols,ridge,gd1,zero}   MSE at the training k (interleaved: divided by d)
+Rows (the case's seq_len is the training prompt length in tokens; interleaved runs use the
+prefix `icl_garg` instead of `icl`, as their errors are divided by d):
+    icl_mse, icl_mse_<baseline>             MSE at the training k
     icl_mse/ridge, icl_mse/gd1, icl_mse/zero  ratios of the model to the baselines
-    icl_curve_{model,ols,ridge,gd1,zero}    the same per k, with seq_len = k (error-vs-#examples)
+    icl_curve_{model,<baseline>}            the same per k, with seq_len = k (error-vs-#examples)
     icl_kq_diag_ratio, icl_ov_y_fraction, icl_ov_y_sum_ratio   learned KQ/OV patterns (optional,
         1-layer generic layers): mean |diag|/|off-diag| of the x-block of each head's KQ
         (embedding folded in), share of each head's OV read-out on the y entry, and |Σ_h OV_y|/Σ_h|OV_y|
@@ -30,7 +35,16 @@ from attnbench.layers import AttentionLayer
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
-from attnbench.train import ProxyModel, ProxySuite, TrainConfig, data_rng, predict, seed_all, train
+from attnbench.train import (
+    ProxyModel,
+    ProxySuite,
+    TrainConfig,
+    data_rng,
+    expand_variants,
+    predict,
+    seed_all,
+    train,
+)
 
 EVAL_SEED = 20_000
 
@@ -38,14 +52,19 @@ _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], format="concat", dim=5, n_examples=40, noise_var=0.1, n_layers=1,
     n_heads=4, head_width=None, mlp=False, norm=False, pos="none", lr=3e-3, optimizer="adam",
     weight_decay=0.0, batch_size=256, steps=8_000, wall_cap_s=300.0, eval_prompts=4_096,
-    eval_ks=[5, 10, 20, 40, 80], analysis=True)
+    eval_ks=[5, 10, 20, 40, 80], analysis=True, curriculum=None, variants=[])
+# Garg et al. 2022: d=20, 41 points, noise-free, GPT-2-like 12 layers × 256 (8 heads), Adam 1e-4, batch
+# 64, 500k steps, curriculum dims 5→20 (+1 / 2k steps) and points 11→41 (+2 / 2k steps)
+GARG: dict[str, Any] = dict(
+    format="interleaved", dim=20, n_examples=41, noise_var=0.0, n_layers=12, n_heads=8, head_width=32,
+    mlp=True, norm=True, pos="learned", lr=1e-4, batch_size=64, analysis=False,
+    eval_ks=[5, 10, 20, 30, 40], curriculum={"dims": [5, 20, 1, 2_000], "points": [11, 41, 2, 2_000]})
 DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": _SMOKE,
     "quick": {**_SMOKE, "steps": 20_000, "wall_cap_s": 900.0},
-    # He-style long run (run H ∈ {1,2,4,8} as separate presets/overrides); Garg-style below via
-    # format = "interleaved", dim = 20, n_examples = 40, noise_var = 0, n_layers = 12, d 256
     "full": {**_SMOKE, "seeds": [0, 1, 2], "steps": 500_000, "lr": 1e-3, "wall_cap_s": 36_000.0,
-             "eval_ks": [5, 10, 20, 40, 60, 80, 120]},
+             "eval_ks": [5, 10, 20, 40, 60, 80, 120],
+             "variants": [{"n_heads": 1}, {"n_heads": 2}, {}, {"n_heads": 8}, GARG]},
 }
 
 
@@ -105,12 +124,15 @@ class ICLRegression(ProxySuite):
               device: str) -> list[tuple[Workload, dict[str, Any]]]:
         keys = ("format", "dim", "n_examples", "noise_var", "n_layers", "mlp", "norm", "pos", "lr",
                 "optimizer", "weight_decay", "batch_size", "steps", "wall_cap_s", "eval_prompts", "eval_ks",
-                "analysis")
-        width = s["head_width"] or s["dim"] + 1  # He et al.: per-head width d+1
-        seq = s["n_examples"] + 1 if s["format"] == "concat" else 2 * s["n_examples"]
-        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=seq,
-                     seq_kv=seq, head_dim=width, causal=True, mode="fwd_bwd", device=device)
-        return [(w, {k: s[k] for k in keys})]
+                "analysis", "curriculum")
+        out = []
+        for v in expand_variants(s):
+            width = v["head_width"] or v["dim"] + 1  # He et al.: per-head width d+1
+            seq = v["n_examples"] + 1 if v["format"] == "concat" else 2 * v["n_examples"]
+            w = Workload(batch=v["batch_size"], heads_q=v["n_heads"], heads_kv=v["n_heads"], seq_q=seq,
+                         seq_kv=seq, head_dim=width, causal=True, mode="fwd_bwd", device=device)
+            out.append((w, {k: v[k] for k in keys}))
+        return out
 
     def run(self, case: Case) -> list[Row]:
         o = case.option_dict
@@ -118,9 +140,12 @@ class ICLRegression(ProxySuite):
         dev = torch.device(case.workload.device)
         concat = o["format"] == "concat"
         rng = data_rng(case.seed, 0)
+        cur = o["curriculum"] or {}
 
         def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-            p = proxydata.regression(rng, o["batch_size"], d, k_train, nv, bv)
+            dims = proxydata.curriculum_at(step, *cur["dims"]) if "dims" in cur else d
+            points = proxydata.curriculum_at(step, *cur["points"]) if "points" in cur else k_train
+            p = proxydata.regression(rng, o["batch_size"], d, points, nv, bv, active_dims=dims)
             if concat:
                 return torch.from_numpy(p.concat_tokens()).to(dev), torch.from_numpy(p.yq).float().to(dev)
             tok, ys = proxydata.RegressionPrompts(p.xs, p.ys, p.xq, p.yq, p.beta).interleaved_tokens()
@@ -132,33 +157,33 @@ class ICLRegression(ProxySuite):
             pred = out[:, -1] if concat else out[:, 0::2]
             return torch.nn.functional.mse_loss(pred.float(), target)
 
+        ks = sorted(set(o["eval_ks"]) | {k_train})
         seed_all(case.seed)
         cfg = self.model_config(case, in_dim=d + 1 if concat else d, out_dim=1, n_layers=o["n_layers"],
-                                mlp=o["mlp"], norm=o["norm"], pos=o["pos"],
-                                max_len=max(case.workload.seq_q, 2 * (max(o["eval_ks"]) + 1)))
+                                mlp=o["mlp"], norm=o["norm"], pos=o["pos"], max_len=2 * (ks[-1] + 1))
         model = ProxyModel(cfg).to(dev)
         tc = TrainConfig(steps=o["steps"], lr=o["lr"], optimizer=o["optimizer"],
                          weight_decay=o["weight_decay"], wall_cap_s=o["wall_cap_s"])
         res = train(model, batch_fn, loss_fn, tc)
         scale = 1.0 if concat else 1.0 / d
+        pre = "icl" if concat else "icl_garg"
         rows: list[Row] = []
         headline: dict[str, float] = {}
         n_eval = o["eval_prompts"]
-        for k in sorted(set(o["eval_ks"]) | {k_train}):
+        for k in ks:
             p = proxydata.regression(np.random.default_rng([EVAL_SEED, k, d]), n_eval, d, k, nv, bv)
             held = proxydata.regression(np.random.default_rng([EVAL_SEED + 1, k, d]), n_eval, d, k, nv, bv)
             preds = {"model": _query_prediction(o, model, p, case.workload.batch),
                      **proxydata.icl_baselines(p, nv, bv, proxydata.fit_gd1_step(held))}
             for name, pred in preds.items():
                 err = float(np.mean((pred - p.yq) ** 2)) * scale
-                rows.append(Row(f"icl_curve_{name}", err, "mse", "mean", len(p.yq), extra={"seq_len": k}))
+                rows.append(Row(f"{pre}_curve_{name}", err, "mse", "mean", len(p.yq), extra={"seq_len": k}))
                 if k == k_train:
                     headline[name] = err
-        rows.append(Row("icl_mse", headline["model"], "mse", "mean", o["eval_prompts"]))
-        for name in ("ols", "ridge", "gd1", "zero"):
-            rows.append(Row(f"icl_mse_{name}", headline[name], "mse", "mean", o["eval_prompts"]))
-        for name in ("ridge", "gd1", "zero"):
-            rows.append(Row(f"icl_mse/{name}", headline["model"] / headline[name], "ratio"))
+        model_err = headline.pop("model")
+        rows.append(Row(f"{pre}_mse", model_err, "mse", "mean", n_eval))
+        rows += [Row(f"{pre}_mse_{name}", v, "mse", "mean", n_eval) for name, v in headline.items()]
+        rows += [Row(f"{pre}_mse/{name}", model_err / headline[name], "ratio") for name in ("ridge", "gd1", "zero")]
         if o["analysis"] and (patterns := kq_ov_patterns(model)):
             rows += [Row(m, v, "ratio") for m, v in patterns.items()]
         return rows + res.rows()

@@ -131,6 +131,20 @@ def test_icl_bayes_ridge_beats_ols_and_gd1_near_the_interpolation_threshold():
     assert err["ridge"] > nv  # the noise is an error floor
 
 
+def test_icl_garg_baselines_and_curriculum():
+    p = pd.regression(np.random.default_rng(9), 64, 4, 6, noise_var=0.0, beta_var=1.0)
+    base = pd.icl_baselines(p, 0.0, 1.0, 0.1)
+    assert np.allclose(base["averaging"], pd.gd1_direction(p) / 6)
+    near = pd.RegressionPrompts(p.xs, p.ys, p.xs[:, 2] + 1e-9, p.ys[:, 2], p.beta)
+    assert np.allclose(pd.knn_predict(near, 1), p.ys[:, 2])  # the query's own example is its 1-NN
+    assert np.allclose(pd.knn_predict(p, 10), p.ys.mean(1))  # fewer examples than neighbours: all of them
+    assert [pd.curriculum_at(s, 5, 20, 1, 2000) for s in (0, 1999, 2000, 30_000, 10**6)] == [5, 5, 6, 20, 20]
+    assert [pd.curriculum_at(s, 11, 41, 2, 2000) for s in (0, 4000, 10**6)] == [11, 15, 41]
+    sub = pd.regression(np.random.default_rng(10), 32, 8, 5, noise_var=0.0, beta_var=1.0, active_dims=3)
+    assert (sub.xs[..., 3:] == 0).all() and (sub.xq[:, 3:] == 0).all() and (sub.xs[..., :3] != 0).all()
+    assert np.allclose(sub.ys, np.einsum("nkd,nd->nk", sub.xs, sub.beta))  # y formed after zeroing
+
+
 def test_icl_token_formats():
     p = pd.regression(np.random.default_rng(8), 3, 4, 7)
     tok = p.concat_tokens()

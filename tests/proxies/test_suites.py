@@ -207,3 +207,23 @@ def test_niah_keyed_variants_are_cases_with_their_own_metrics():
     assert len(cases) == 2 and len({c.case_id for c in cases}) == 2
     m = metrics(SUITES.get("niah").run(next(c for c in cases if c.option_dict["needles"] == 2)))
     assert {"niah_k2v1q2_acc_in_range", "niah_k2v1q2_acc_extrap"} <= m.keys() and "niah_acc_in_range" not in m
+
+
+def test_icl_full_tier_runs_he_heads_and_garg_with_curriculum():
+    cases = SUITES.get("icl_regression").cases(Preset("full", {"methods": ["mha"]}), METHODS)
+    seed0 = [c for c in cases if c.seed == 0]
+    assert sorted(c.workload.heads_q for c in seed0 if c.option_dict["format"] == "concat") == [1, 2, 4, 8]
+    garg = [c for c in seed0 if c.option_dict["format"] == "interleaved"]
+    assert len(garg) == 1 and garg[0].option_dict["curriculum"]["dims"][:2] == [5, 20]
+    assert garg[0].workload.d_model == 256 and garg[0].option_dict["dim"] == 20
+
+
+def test_icl_interleaved_curriculum_run_has_its_own_metrics():
+    case = one_case("icl_regression", **{**TINY["icl_regression"], "wall_cap_s": NO_CAP, "format": "interleaved",
+                                        "dim": 4, "noise_var": 0.0, "head_width": 8, "n_heads": 2, "pos": "learned",
+                                        "curriculum": {"dims": [2, 4, 1, 2], "points": [3, 10, 2, 2]}})
+    rows = SUITES.get("icl_regression").run(case)
+    m = metrics(rows)
+    assert {"icl_garg_mse", "icl_garg_mse_knn3", "icl_garg_mse_averaging", "icl_garg_mse/gd1"} <= m.keys()
+    assert "icl_mse" not in m and m["icl_garg_mse_zero"] == pytest.approx(1.0, rel=0.15)  # E[y²]/d = 1
+    assert {r.extra["seq_len"] for r in rows if r.metric == "icl_garg_curve_knn3"} == {3, 10}
