@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnbench.layers import AttentionLayer, build_layer
+from attnbench.layers import accepts_rope, build_layer
 from attnbench.presets import Preset
 from attnbench.registry import METHODS, MethodEntry, Registry
 from attnbench.spec import Backend, Workload, params_json
@@ -63,45 +63,16 @@ class ModelConfig:
 def effective_pos(method: str, pos: str) -> tuple[str, str]:
     """The positional scheme a method trains with, and why it differs from `pos` (or "").
 
-    RoPE is applied to the q/k projections of the generic layer, so layer methods (which own
-    their projections) get no positions instead; methods of the `positional` family carry
-    their own position signal and get none added.
+    RoPE goes into the q/k heads (`attnbench.layers.rotary`), so layer methods that own their
+    projections and take no `rope` flag get no positions instead; methods of the `positional`
+    family carry their own position signal and get none added.
     """
-    spec = METHODS.get(method).spec
-    if pos == "rope" and spec.kind == "layer":
-        return "none", "layer methods own their q/k projections; RoPE cannot be injected"
-    if pos != "none" and spec.family == "positional":
+    entry = METHODS.get(method)
+    if pos == "rope" and not accepts_rope(entry):
+        return "none", "this layer method owns its q/k projections and takes no RoPE hook"
+    if pos != "none" and entry.spec.family == "positional":
         return "none", "positional-family methods carry their own position signal"
     return pos, ""
-
-
-def rope_tables(n: int, dim: int, base: float = 10000.0, device: Any = None) -> tuple[torch.Tensor, ...]:
-    """cos/sin tables `[N, dim/2]` of rotary embeddings (half-split convention)."""
-    inv = base ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
-    ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv[None, :]
-    return ang.cos(), ang.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x [B, N, H, D]` by position (first half / second half of D paired)."""
-    a, b = x.float().chunk(2, dim=-1)
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.cat([a * c - b * s, a * s + b * c], dim=-1).to(x.dtype)
-
-
-def add_rope(layer: AttentionLayer) -> None:
-    """Rotate the q and k projections of a generic layer by position (forward hooks)."""
-    if layer.head_dim % 2:
-        raise ValueError(f"RoPE needs an even head dim, got {layer.head_dim}")
-
-    def rotate(out: torch.Tensor, heads: int, n_rot: int) -> torch.Tensor:
-        b, n, _ = out.shape
-        parts = out.view(b, n, -1, layer.head_dim)
-        cos, sin = rope_tables(n, layer.head_dim, device=out.device)
-        return torch.cat([apply_rope(parts[:, :, :n_rot], cos, sin), parts[:, :, n_rot:]], 2).view_as(out)
-
-    layer.q.register_forward_hook(lambda m, i, o: rotate(o, layer.n_heads, layer.n_heads))
-    layer.kv.register_forward_hook(lambda m, i, o: rotate(o, 2 * layer.kv_heads, layer.kv_heads))
 
 
 class Block(nn.Module):
@@ -135,13 +106,8 @@ class ProxyModel(nn.Module):
 
     def _attention(self) -> nn.Module:
         c = self.cfg
-        layer = build_layer(c.method, c.backend, c.d_model, c.n_heads, kv_heads=c.kv_heads, causal=c.causal,
-                            params=c.params, spatial=c.spatial)
-        if c.pos == "rope":
-            if not isinstance(layer, AttentionLayer):
-                raise ValueError(f"{c.method}: RoPE needs the generic layer (see effective_pos)")
-            add_rope(layer)
-        return layer
+        return build_layer(c.method, c.backend, c.d_model, c.n_heads, kv_heads=c.kv_heads, causal=c.causal,
+                           params=c.params, spatial=c.spatial, rope=c.pos == "rope")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x`: token ids `[B, N]` or vectors `[B, N, in_dim]` → `[B, N, out_dim]`."""

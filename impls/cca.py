@@ -17,6 +17,7 @@ from torch import nn
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs
 from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.registry import register_method, step
+from attnbench.rope import rotary
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 
 PAPER = Paper("Compressed Convolutional Attention: Efficient Attention in a Compressed Latent Space",
@@ -121,8 +122,9 @@ class CCAttention(nn.Module):
     def __init__(self, spec: AttentionSpec, d_model: int, n_heads: int, *, backend: Backend | str,
                  causal: bool = False, compression: int = 2, groups: int = 1, kernel_dw: int = 2,
                  kernel_grouped: int = 2, convs: bool = True, mean_residual: bool = True,
-                 value_shift: bool = True, qk_norm: bool = True) -> None:
+                 value_shift: bool = True, qk_norm: bool = True, rope: bool = False) -> None:
         super().__init__()
+        self.rope = rope
         if d_model % n_heads or n_heads % compression or (n_heads // compression) % groups:
             raise ValueError(f"{spec.name}: need n_heads | d_model, C | n_heads and groups | n_heads/C "
                              f"(d_model={d_model}, n_heads={n_heads}, C={compression}, groups={groups})")
@@ -156,9 +158,10 @@ class CCAttention(nn.Module):
         half = self.e_kv // 2
         return torch.cat([F.linear(x, self.v.weight[:half]), F.linear(x_prev, self.v.weight[half:])], -1)
 
-    def _qk(self, qt: torch.Tensor, kt: torch.Tensor, conv_in: torch.Tensor
+    def _qk(self, qt: torch.Tensor, kt: torch.Tensor, conv_in: torch.Tensor, offset: int = 0
             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q̃ `[B,N,ẽ_q]`, k̃ `[B,N,ẽ_kv]`, left-padded conv input → q `[B,H_q,N,d]`, k `[B,H_kv,N,d]`."""
+        """q̃ `[B,N,ẽ_q]`, k̃ `[B,N,ẽ_kv]`, left-padded conv input → q `[B,H_q,N,d]`, k `[B,H_kv,N,d]`
+        (rotated for positions offset… when the layer has RoPE)."""
         if self.convs:
             p = self.conv_grouped(self.conv_dw(conv_in.transpose(1, 2))).transpose(1, 2)
             q, k = p.split([self.e_q, self.e_kv], dim=-1)
@@ -174,6 +177,8 @@ class CCAttention(nn.Module):
             scale = self.d_h ** 0.5
             q = scale * F.normalize(q, dim=-1)
             k = scale * F.normalize(k, dim=-1) * self.temperature[:, None, None].to(k.dtype)
+        if self.rope:
+            q, k = rotary(q, offset), rotary(k, offset)
         return q, k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,7 +204,7 @@ class CCAttention(nn.Module):
         """One causal decode step: `x [B, 1, E]` → `[B, 1, E]` and the updated cache."""
         qt, kt = self.q(x), self.k(x)
         window = torch.cat([cache.conv_state, torch.cat([qt, kt], -1)], 1)
-        q, k = self._qk(qt, kt, window)
+        q, k = self._qk(qt, kt, window, offset=cache.k.shape[2])
         v = self._heads(self._values(x, cache.x_prev[:, None]), self.h_kv)
         cache = CCACache(k=torch.cat([cache.k, k], 2), v=torch.cat([cache.v, v], 2),
                          conv_state=window[:, 1:], x_prev=x[:, 0])
@@ -210,8 +215,9 @@ class CCAttention(nn.Module):
 @register_method(SPEC)
 def cca(d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False, compression: int = 2,
         kernel_dw: int = 2, kernel_grouped: int = 2, convs: bool = True, mean_residual: bool = True,
-        value_shift: bool = True, qk_norm: bool = True) -> CCAttention:
-    """Build a CCA layer (`groups=1`: every latent query head has its own kv head)."""
+        value_shift: bool = True, qk_norm: bool = True, rope: bool = False) -> CCAttention:
+    """Build a CCA layer (`groups=1`: every latent query head has its own kv head); `rope`
+    rotates the latent q/k by position."""
     return CCAttention(SPEC, d_model, n_heads, backend=backend, causal=causal, compression=compression,
                        kernel_dw=kernel_dw, kernel_grouped=kernel_grouped, convs=convs,
-                       mean_residual=mean_residual, value_shift=value_shift, qk_norm=qk_norm)
+                       mean_residual=mean_residual, value_shift=value_shift, qk_norm=qk_norm, rope=rope)

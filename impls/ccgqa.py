@@ -17,8 +17,9 @@ SPEC = make_spec("ccgqa", "Compressed convolutional grouped-query attention", gr
 @register_method(SPEC)
 def ccgqa(d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False, compression: int = 2,
           groups: int = 2, kernel_dw: int = 2, kernel_grouped: int = 2, convs: bool = True,
-          mean_residual: bool = True, value_shift: bool = True, qk_norm: bool = True) -> CCAttention:
+          mean_residual: bool = True, value_shift: bool = True, qk_norm: bool = True,
+          rope: bool = False) -> CCAttention:
     """Build a CCGQA layer: CCA whose latent kv heads are each shared by `groups` query heads."""
     return CCAttention(SPEC, d_model, n_heads, backend=backend, causal=causal, compression=compression,
                        groups=groups, kernel_dw=kernel_dw, kernel_grouped=kernel_grouped, convs=convs,
-                       mean_residual=mean_residual, value_shift=value_shift, qk_norm=qk_norm)
+                       mean_residual=mean_residual, value_shift=value_shift, qk_norm=qk_norm, rope=rope)

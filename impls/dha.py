@@ -15,6 +15,7 @@ from torch import nn
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs
 from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.registry import register_method, step
+from attnbench.rope import rotary
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 
 
@@ -114,10 +115,11 @@ class DHAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False,
                  k_heads: int = 2, v_heads: int = 1, kmap: Sequence[int] | None = None,
-                 vmap: Sequence[int] | None = None) -> None:
+                 vmap: Sequence[int] | None = None, rope: bool = False) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"dha: d_model={d_model} not divisible by n_heads={n_heads}")
+        self.rope = rope
         params = {"k_heads": k_heads, "v_heads": v_heads, "kmap": kmap, "vmap": vmap}
         if why := check(Workload(heads_q=n_heads, heads_kv=n_heads), params):
             raise ValueError(f"dha: {why}")
@@ -136,8 +138,10 @@ class DHAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
 
-        o = self.attend(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), kmap=self.kmap,
-                        vmap=self.vmap, causal=self.causal)
+        q, k = heads(self.q(x)), heads(self.k(x))
+        if self.rope:
+            q, k = rotary(q), rotary(k)
+        o = self.attend(q, k, heads(self.v(x)), kmap=self.kmap, vmap=self.vmap, causal=self.causal)
         return self.o(o.transpose(1, 2).flatten(2))
 
     @torch.no_grad()
@@ -152,8 +156,9 @@ class DHAttention(nn.Module):
 
 @register_method(SPEC)
 def dha(d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False, k_heads: int = 2,
-        v_heads: int = 1, kmap: Sequence[int] | None = None, vmap: Sequence[int] | None = None
-        ) -> DHAttention:
-    """Build a DHA layer (default: contiguous maps onto 2 key heads and 1 value head)."""
+        v_heads: int = 1, kmap: Sequence[int] | None = None, vmap: Sequence[int] | None = None,
+        rope: bool = False) -> DHAttention:
+    """Build a DHA layer (default: contiguous maps onto 2 key heads and 1 value head); `rope`
+    rotates q/k by position."""
     return DHAttention(d_model, n_heads, backend=backend, causal=causal, k_heads=k_heads, v_heads=v_heads,
-                       kmap=kmap, vmap=vmap)
+                       kmap=kmap, vmap=vmap, rope=rope)

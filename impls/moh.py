@@ -14,6 +14,7 @@ from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs
 from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.impls.mha import kv_cache_bytes as mha_kv_cache_bytes
 from attnbench.registry import register_method, step
+from attnbench.rope import rotary
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 
 
@@ -96,8 +97,10 @@ class MoHAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False,
-                 active_ratio: float = 0.75, shared_ratio: float = 0.5, aux_weight: float = 0.01) -> None:
+                 active_ratio: float = 0.75, shared_ratio: float = 0.5, aux_weight: float = 0.01,
+                 rope: bool = False) -> None:
         super().__init__()
+        self.rope = rope
         self.h_s, self.k_active = head_split(n_heads, active_ratio, shared_ratio)
         if d_model % n_heads:
             raise ValueError(f"moh: d_model={d_model} not divisible by n_heads={n_heads}")
@@ -132,6 +135,8 @@ class MoHAttention(nn.Module):
         """`x [B, N, C]` → `[B, N, C]`."""
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.rope:
+            q, k = rotary(q), rotary(k)
         g, p, m = self.gates(x)
         self.balance_loss = load_balance_loss(p, m)
         self.aux_loss = self.aux_weight * self.balance_loss
@@ -141,7 +146,9 @@ class MoHAttention(nn.Module):
 
 @register_method(SPEC)
 def moh(d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False,
-        active_ratio: float = 0.75, shared_ratio: float = 0.5, aux_weight: float = 0.01) -> MoHAttention:
-    """Build a MoH layer; `active_ratio` sets the fraction of heads each token runs."""
+        active_ratio: float = 0.75, shared_ratio: float = 0.5, aux_weight: float = 0.01,
+        rope: bool = False) -> MoHAttention:
+    """Build a MoH layer; `active_ratio` sets the fraction of heads each token runs; `rope`
+    rotates q/k by position."""
     return MoHAttention(d_model, n_heads, backend=backend, causal=causal, active_ratio=active_ratio,
-                        shared_ratio=shared_ratio, aux_weight=aux_weight)
+                        shared_ratio=shared_ratio, aux_weight=aux_weight, rope=rope)

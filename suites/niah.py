@@ -5,8 +5,9 @@ forced; only the k digit predictions are scored). Training draws L ~ U[min_len, 
 and δ ~ U[0, 1] and stops once the EMA training loss falls below `loss_target`. Evaluation: exact
 match of all k digits on a lengths × depths grid with fixed haystacks per cell (the same for every
 method and seed); lengths above max_len measure extrapolation. Learned absolute positions cannot
-extrapolate, so those cells are left out for `pos = "learned"`. Layer methods train without RoPE
-(see `attnbench.train.effective_pos`); the scheme used is in the case options.
+extrapolate, so those cells are left out for `pos = "learned"`. Layer methods that take no `rope`
+flag train without positions (see `attnbench.train.effective_pos`); the scheme used is in the case
+options.
 
 RULER's keyed variants (`needles` > 1 distractor keys, `values` per key, `queries` keys asked,
 see `proxydata.niah_keyed`) train and score the same way; their metrics are prefixed

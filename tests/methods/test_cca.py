@@ -17,9 +17,10 @@ E, H, N = 32, 4, 24
 OFF = {"compression": 1, "convs": False, "mean_residual": False, "value_shift": False, "qk_norm": False}
 
 
-def _layer(method: str, backend: str = "reference", *, causal: bool = True, seed: int = 0, **params):
+def _layer(method: str, backend: str = "reference", *, causal: bool = True, seed: int = 0, rope: bool = False,
+           **params):
     torch.manual_seed(seed)
-    return build_layer(method, backend, E, H, causal=causal, params=params).double()
+    return build_layer(method, backend, E, H, causal=causal, params=params, rope=rope).double()
 
 
 def _x(n: int = N, seed: int = 1) -> torch.Tensor:
@@ -52,9 +53,10 @@ def test_causal_future_does_not_leak(method: str) -> None:
     torch.testing.assert_close(layer(x2)[:, :10], layer(x)[:, :10])
 
 
+@pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("method", ["cca", "ccgqa"])
-def test_decode_matches_forward_and_cache_bytes(method: str) -> None:
-    layer, x = _layer(method, kernel_dw=3, kernel_grouped=2), _x()
+def test_decode_matches_forward_and_cache_bytes(method: str, rope: bool) -> None:
+    layer, x = _layer(method, kernel_dw=3, kernel_grouped=2, rope=rope), _x()
     cache, outs = layer.empty_cache(2, dtype=torch.float64), []
     for t in range(N):
         y, cache = layer.decode(x[:, t:t + 1], cache)

@@ -8,16 +8,17 @@ import torch
 from torch import nn
 
 from attnbench import proxydata
+from attnbench.layers import accepts_rope, build_layer
 from attnbench.presets import Preset
+from attnbench.registry import METHODS
+from attnbench.rope import rotary
+from attnbench.spec import Backend, Workload
 from attnbench.train import (
     ModelConfig,
     ProxyModel,
     TrainConfig,
-    add_rope,
-    apply_rope,
     effective_pos,
     predict,
-    rope_tables,
     seed_all,
     settings_for,
     token_loss,
@@ -93,23 +94,59 @@ def test_aux_losses_are_added():
 
 
 def test_rope_scores_depend_only_on_offset():
-    q, k = torch.randn(1, 1, 1, 8).expand(1, 12, 1, 8), torch.randn(1, 1, 1, 8).expand(1, 12, 1, 8)
-    cos, sin = rope_tables(12, 8)
-    s = (apply_rope(q, cos, sin) * apply_rope(k, cos, sin).roll(0, 1)).sum(-1)[0, :, 0]
+    q, k = torch.randn(1, 1, 1, 8).expand(1, 1, 12, 8), torch.randn(1, 1, 1, 8).expand(1, 1, 12, 8)
+    qr, kr = rotary(q)[0, 0], rotary(k)[0, 0]
+    s = (qr * kr).sum(-1)
     assert torch.allclose(s, s[0].expand(12), atol=1e-5)  # same offset 0 at every position
-    qr, kr = apply_rope(q, cos, sin)[0, :, 0], apply_rope(k, cos, sin)[0, :, 0]
     assert torch.allclose(qr[5] @ kr[2], qr[9] @ kr[6], atol=1e-5)
+    assert torch.allclose(rotary(q, offset=4)[0, 0, :3], qr[4:7], atol=1e-6)  # decode offsets
+    assert torch.equal(rotary(q[:, :, :1]), q[:, :, :1])  # position 0 is not rotated
 
 
 def test_rope_model_is_translation_aware_and_runs():
     cfg = ModelConfig(method="mha", vocab=16, out_dim=16, d_model=16, n_heads=2, n_layers=1, pos="rope")
     model = ProxyModel(cfg)
-    assert model.pos is None
+    assert model.pos is None and model.blocks[0].attn.rope
     out = model(torch.randint(0, 16, (2, 10)))
     assert out.shape == (2, 10, 16)
     with pytest.raises(ValueError, match="even head dim"):
-        layer = ProxyModel(ModelConfig(method="mha", vocab=4, out_dim=4, d_model=6, n_heads=2)).blocks[0].attn
-        add_rope(layer)
+        ProxyModel(ModelConfig(method="mha", vocab=4, out_dim=4, d_model=6, n_heads=2, pos="rope"))
+
+
+ROPE_LAYERS = [e.name for e in METHODS if e.spec.kind == "layer" and accepts_rope(e)]
+
+
+@pytest.mark.parametrize("method", ROPE_LAYERS)
+def test_layer_methods_with_rope(method):
+    """A layer method's `rope` flag: position 0 unrotated, later positions rotated, every backend
+    agrees with the reference, and it is the scheme the proxies then train with."""
+    entry = METHODS.get(method)
+    x = torch.randn(2, 12, 32, dtype=torch.float64)
+
+    def build(backend: Backend, rope: bool) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_layer(method, backend, 32, 4, causal=True, rope=rope).double()
+
+    plain, rot = build(Backend.REFERENCE, False), build(Backend.REFERENCE, True)
+    with torch.no_grad():
+        y, y_rot = plain(x), rot(x)
+        torch.testing.assert_close(y_rot[:, :1], y[:, :1])  # causal: token 0 sees itself at offset 0
+        assert not torch.allclose(y_rot[:, 1:], y[:, 1:])
+        w = Workload(batch=2, heads_q=4, heads_kv=4, seq_q=12, seq_kv=12, head_dim=8, dtype="float64", causal=True)
+        params = entry.spec.params({})
+        for backend in set(entry.impls) - {Backend.REFERENCE, Backend.FLEX_COMPILED}:  # compiling is slow
+            if entry.why_not(backend, entry.spec.shape(w, params), params) is None:
+                torch.testing.assert_close(build(backend, True)(x), y_rot, rtol=1e-6, atol=1e-6)
+    assert effective_pos(method, "rope") == ("rope", "")
+
+
+def test_layer_methods_without_a_rope_flag_train_without_positions():
+    no_rope = [e.name for e in METHODS if e.spec.kind == "layer" and not accepts_rope(e)]
+    if not no_rope:
+        pytest.skip("every layer method takes rope")
+    assert effective_pos(no_rope[0], "rope")[0] == "none"
+    with pytest.raises(ValueError, match="no RoPE hook"):
+        build_layer(no_rope[0], Backend.REFERENCE, 32, 4, rope=True)
 
 
 def test_effective_pos_and_config_validation():
