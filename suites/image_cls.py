@@ -12,8 +12,9 @@ settings) or `imagefolder` (`data_root` with `train/<class>/` and `val/` or `val
 with PIL — `pip install pillow`; random crop + flip, Mixup/CutMix, label smoothing, warm-up +
 cosine; not included: RandAugment, random erasing, drop-path).
 
-Rows: top1 (and top5 with ≥ 100 classes), params (model parameter count), steps, wall_s,
-truncated, train_loss.
+Rows: top1 (and top5 with ≥ 100 classes), params (model parameter count), flops_per_image
+(forward FLOPs at the training resolution, FlopCounterMode; absent where it cannot count),
+steps, wall_s, truncated, train_loss.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from attnbench import proxydata
+from attnbench.flops import counted_flops
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
@@ -170,6 +172,12 @@ class ImageCls(ProxySuite):
             top1, top5 = top_k(model)
         n_params = float(sum(p.numel() for p in model.parameters()))
         rows = [Row("top1", top1, "fraction"), Row("params", n_params, "count")]
+        x0 = next(iter(test()))[0][: case.workload.batch].to(dev)
+        if len(x0) == case.workload.batch:
+            with torch.no_grad():
+                flops = counted_flops(lambda: model(x0))
+            if flops:  # None where an op is not countable (e.g. flex)
+                rows.append(Row("flops_per_image", flops / len(x0), "flop"))
         if len(classes) >= 100:
             rows.append(Row("top5", top5, "fraction"))
         return rows + res.rows()

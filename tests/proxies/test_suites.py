@@ -100,6 +100,9 @@ def test_tiny_budget_run_on_mha(suite):
         curve = {r.extra["seq_len"] for r in rows if r.metric == "icl_curve_gd1"}
         assert curve == {3, 10}
         assert {"icl_mse/gd1", "icl_kq_diag_ratio"} <= m.keys()
+    if suite == "image_cls":
+        # patch embedding alone: 2 · tokens · patch² · d per image; the blocks add more
+        assert m["flops_per_image"] > 2 * 16 * 2 * 2 * 16
 
 
 def test_truncation_is_reported():
