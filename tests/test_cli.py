@@ -44,6 +44,29 @@ def test_run_then_compact(tmp_path: Path) -> None:
     assert len(results.load([out])) == len(df)
 
 
+PROXY_TINY = {
+    "mqar": "n_train=64 n_test=16 steps=2 eval_every=1 vocab=64 seq_len=[32] kv_pairs=[[2]]",
+    "niah": "steps=2 min_len=16 max_len=24 eval_lens=[24] eval_depths=[0.5] eval_samples=2 d_model=16 batch_size=2",
+    "icl_regression": "steps=2 eval_prompts=8 eval_ks=[4] n_examples=4 batch_size=4",
+    "image_cls": "dataset=\"digits\" n_train=32 digits_epochs=1 batch_size=16 d_model=16",
+}
+
+
+def test_run_every_proxy_through_the_cli(tmp_path: Path) -> None:
+    """The issue's command, at toy budgets: every proxy, a grouped and a non-causal method too."""
+    sets = [a for suite, kv in PROXY_TINY.items() for item in kv.split() for a in ("--set", f"suite.{suite}.{item}")]
+    res = cli.invoke(app, ["run", "--preset", "smoke", "--suite", "mqar,niah,icl_regression,image_cls",
+                           "--methods", "mha,gqa,agent", "--param", "agent.agent_num=4", "-o", str(tmp_path),
+                           "--no-report", *sets])
+    assert res.exit_code == 0, res.output
+    df = results.load([tmp_path])
+    ok = df[df["status"] == "ok"]
+    assert {"mqar_acc", "niah_acc_in_range", "icl_mse", "top1"} <= set(ok["metric"])
+    assert set(ok[ok["method"] == "gqa"]["suite"]) == set(PROXY_TINY)  # 1-head MQAR: heads fitted
+    agent = df[df["method"] == "agent"].groupby("suite")["status"].first()
+    assert agent["image_cls"] == "ok" and (agent.drop("image_cls") == "unsupported").all()
+
+
 def test_param_override_reaches_cases(tmp_path: Path) -> None:
     res = cli.invoke(app, ["run", "--preset", "smoke", "--suites", "flops", "--methods", "sliding_window",
                            "--backends", "reference", "--param", "sliding_window.window=8", "-o",
