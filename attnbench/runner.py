@@ -119,6 +119,9 @@ class Runner:
         if case.method not in self.explicit_params:
             return
         entry = METHODS.get(case.method)
+        defaults = entry.spec.params({})
+        if entry.spec.why_not(entry.spec.shape(case.workload, defaults), defaults):
+            return  # impossible whatever the params (e.g. no causal form): recorded as unsupported
         params = entry.spec.params(case.param_dict)
         try:
             workload_for(entry, case.workload, params)

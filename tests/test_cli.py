@@ -63,8 +63,10 @@ def test_run_every_proxy_through_the_cli(tmp_path: Path) -> None:
     ok = df[df["status"] == "ok"]
     assert {"mqar_acc", "niah_acc_in_range", "icl_mse", "top1"} <= set(ok["metric"])
     assert set(ok[ok["method"] == "gqa"]["suite"]) == set(PROXY_TINY)  # 1-head MQAR: heads fitted
-    agent = df[df["method"] == "agent"].groupby("suite")["status"].first()
-    assert agent["image_cls"] == "ok" and (agent.drop("image_cls") == "unsupported").all()
+    agent = df[df["method"] == "agent"].groupby("suite")[["status", "error"]].first()
+    assert agent.loc["image_cls", "status"] == "ok"
+    causal = agent.drop("image_cls")
+    assert (causal["status"] == "skipped").all() and causal["error"].str.contains("no causal form").all()
 
 
 def test_param_override_reaches_cases(tmp_path: Path) -> None:
