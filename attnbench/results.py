@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 _META_KEY = b"attnbench.schema_version"
 
 SCHEMA = pa.schema([
@@ -36,8 +36,11 @@ SCHEMA = pa.schema([
     ("num_threads", pa.int32()), ("torch_version", pa.string()), ("triton_version", pa.string()),
     ("attnbench_version", pa.string()), ("git_sha", pa.string()), ("hostname", pa.string()),
     ("seed", pa.int64()), ("preset", pa.string()),
+    ("options", pa.string()),  # 1.1: the case's suite options (JSON), e.g. a proxy's positional scheme
 ], metadata={_META_KEY: SCHEMA_VERSION.encode()})
 COLUMNS: list[str] = SCHEMA.names
+# Columns added by a minor version: older files of the same major version read them as null.
+ADDED_IN_MINOR = {"options": "1.1"}
 
 
 class SchemaError(ValueError):
@@ -107,8 +110,10 @@ def read_file(path: Path) -> pd.DataFrame:
         raise SchemaError(f"{path}: schema {version} is not readable by this attnbench "
                           f"(reads {SCHEMA_VERSION.split('.')[0]}.x); upgrade attnbench")
     missing = set(COLUMNS) - set(table.column_names)
-    if missing:
+    if missing - set(ADDED_IN_MINOR):
         raise SchemaError(f"{path}: missing columns {sorted(missing)}")
+    for name in sorted(missing):
+        table = table.append_column(SCHEMA.field(name), pa.nulls(len(table), SCHEMA.field(name).type))
     return table.select(COLUMNS).to_pandas()
 
 

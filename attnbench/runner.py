@@ -213,7 +213,7 @@ class Runner:
             "workload_id": w.id, "batch": w.batch, "heads": w.heads_q, "kv_heads": w.heads_kv,
             "seq_len": w.seq_q, "seq_kv": w.seq_kv, "head_dim": w.head_dim, "dtype": w.dtype,
             "causal": w.causal, "mode": w.mode, "seed": case.seed, "preset": case.preset,
-            **self.info.as_dict(),
+            "options": case.options, **self.info.as_dict(),
         }
         out = []
         for r in measured:

@@ -51,6 +51,19 @@ def test_unknown_major_version_is_refused(tmp_path: Path) -> None:
         results.load([tmp_path])
 
 
+def test_older_minor_version_reads_added_columns_as_null(tmp_path: Path) -> None:
+    old = results.to_table([row(options='{"pos": "rope"}')]).drop_columns(list(results.ADDED_IN_MINOR))
+    pq.write_table(old.replace_schema_metadata({b"attnbench.schema_version": b"1.0"}), tmp_path / "v10.parquet")
+    results.write_part(tmp_path, [row(case_id="c2", options='{"pos": "rope"}')], run_id="r1")
+    df = results.load([tmp_path]).set_index("case_id")
+    assert sorted(df.reset_index().columns) == sorted(results.COLUMNS)
+    assert pd.isna(df.loc["c1", "options"]) and df.loc["c2", "options"] == '{"pos": "rope"}'
+    bad = results.to_table([row()]).drop_columns(["metric"])
+    pq.write_table(bad, tmp_path / "broken.parquet")
+    with pytest.raises(results.SchemaError, match="missing columns \\['metric'\\]"):
+        results.load([tmp_path / "broken.parquet"])
+
+
 def test_foreign_parquet_is_refused(tmp_path: Path) -> None:
     pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
     with pytest.raises(results.SchemaError, match="no attnbench schema version"):
