@@ -230,3 +230,9 @@ def test_icl_interleaved_curriculum_run_has_its_own_metrics():
     assert {"icl_garg_mse", "icl_garg_mse_knn3", "icl_garg_mse_averaging", "icl_garg_mse/gd1"} <= m.keys()
     assert "icl_mse" not in m and m["icl_garg_mse_zero"] == pytest.approx(1.0, rel=0.15)  # E[y²]/d = 1
     assert {r.extra["seq_len"] for r in rows if r.metric == "icl_garg_curve_knn3"} == {3, 10}
+
+
+def test_niah_full_tier_runs_rulers_four_variants():
+    cases = SUITES.get("niah").cases(Preset("full", {"methods": ["mha"]}), METHODS)
+    shapes = {(c.option_dict["needles"], c.option_dict["values"], c.option_dict["queries"]) for c in cases}
+    assert shapes == {(1, 1, 1), (4, 1, 1), (1, 2, 1), (4, 1, 2)} and len(cases) == 4 * 3  # × 3 seeds
