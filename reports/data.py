@@ -48,6 +48,11 @@ METRIC_LABELS = {
     "niah_acc_in_range": "NIAH accuracy",
     "niah_acc_extrap": "NIAH extrapolation",
     "icl_mse": "ICL MSE",
+    "icl_garg_mse": "ICL error / d (Garg)",
+    "niah_k4v1q1_acc_in_range": "NIAH multi-key",
+    "niah_k1v2q1_acc_in_range": "NIAH multi-value",
+    "niah_k4v1q2_acc_in_range": "NIAH multi-query",
+    "flops_per_image": "FLOPs / image",
     "pope_adversarial_f1": "POPE adversarial F1",
     "chair_i": "CHAIR-i",
 }
@@ -55,8 +60,8 @@ METRIC_LABELS = {
 # suite not listed shows its shortest gated non-timing metric.
 PROXY_HEADLINE = {
     "mqar": ("mqar_acc",),
-    "niah": ("niah_acc_in_range",),
-    "icl_regression": ("icl_mse",),
+    "niah": ("niah_acc_in_range", "niah_k4v1q1_acc_in_range", "niah_k1v2q1_acc_in_range", "niah_k4v1q2_acc_in_range"),
+    "icl_regression": ("icl_mse", "icl_garg_mse"),
     "image_cls": ("top1",),
     "hallucination": ("pope_adversarial_f1", "chair_i"),
 }
