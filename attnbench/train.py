@@ -382,6 +382,15 @@ class ProxySuite:
         return top if not any(ch in p for p in top for ch in "*?[") else list(s["backends"])
 
     @staticmethod
+    def why_not_at(case: Case, seq_len: int) -> str | None:
+        """Why the case's method cannot run sequences of `seq_len` tokens (e.g. a kernel longer
+        than a short eval prompt), or None; evaluation skips such lengths instead of failing."""
+        entry = METHODS.get(case.method)
+        params = entry.spec.params(case.param_dict)
+        w = entry.spec.shape(case.workload.replace(seq_q=seq_len, seq_kv=seq_len), params)
+        return entry.why_not(Backend(case.backend), w, params)
+
+    @staticmethod
     def model_config(case: Case, **kw: Any) -> ModelConfig:
         """ModelConfig of a case: method/backend/params from it, kv heads and grid from its shape."""
         entry = METHODS.get(case.method)

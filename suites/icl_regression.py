@@ -16,7 +16,8 @@ Rows (the case's seq_len is the training prompt length in tokens; interleaved ru
 prefix `icl_garg` instead of `icl`, as their errors are divided by d):
     icl_mse, icl_mse_<baseline>             MSE at the training k
     icl_mse/ridge, icl_mse/gd1, icl_mse/zero  ratios of the model to the baselines
-    icl_curve_{model,<baseline>}            the same per k, with seq_len = k (error-vs-#examples)
+    icl_curve_{model,<baseline>}            the same per k, with seq_len = k (error-vs-#examples;
+                                            a k the method cannot run, e.g. shorter than its kernel, is left out)
     icl_kq_diag_ratio, icl_ov_y_fraction, icl_ov_y_sum_ratio   learned KQ/OV patterns (optional,
         1-layer generic layers): mean |diag|/|off-diag| of the x-block of each head's KQ
         (embedding folded in), share of each head's OV read-out on the y entry, and |Σ_h OV_y|/Σ_h|OV_y|
@@ -174,6 +175,8 @@ class ICLRegression(ProxySuite):
         headline: dict[str, float] = {}
         n_eval = o["eval_prompts"]
         for k in ks:
+            if k != k_train and self.why_not_at(case, k + 1 if concat else 2 * (k + 1)):
+                continue  # e.g. a neighbourhood kernel longer than the prompt: no point on the curve
             p = proxydata.regression(np.random.default_rng([EVAL_SEED, k, d]), n_eval, d, k, nv, bv)
             held = proxydata.regression(np.random.default_rng([EVAL_SEED + 1, k, d]), n_eval, d, k, nv, bv)
             preds = {"model": _query_prediction(o, model, p, case.workload.batch),

@@ -118,7 +118,7 @@ class NIAH(ProxySuite):
         rows: list[Row] = []
         inside, outside, digit_hits = [], [], []
         for i, length in enumerate(o["eval_lens"]):
-            if learned and length > o["max_len"]:
+            if (learned and length > o["max_len"]) or self.why_not_at(case, length):
                 continue
             for j, depth in enumerate(o["eval_depths"]):
                 cell_rng = np.random.default_rng([EVAL_SEED, i, j, length])

@@ -236,3 +236,12 @@ def test_niah_full_tier_runs_rulers_four_variants():
     cases = SUITES.get("niah").cases(Preset("full", {"methods": ["mha"]}), METHODS)
     shapes = {(c.option_dict["needles"], c.option_dict["values"], c.option_dict["queries"]) for c in cases}
     assert shapes == {(1, 1, 1), (4, 1, 1), (1, 2, 1), (4, 1, 2)} and len(cases) == 4 * 3  # × 3 seeds
+
+
+def test_eval_lengths_a_method_cannot_run_are_left_out_not_fatal():
+    """neighborhood's 7-token kernel cannot run ICL's 4-token prompt (k=3): that curve point is skipped."""
+    case = one_case("icl_regression", "neighborhood", **{**TWO_STEPS["icl_regression"], "eval_ks": [3, 10]},
+                    wall_cap_s=NO_CAP)
+    rows = SUITES.get("icl_regression").run(case)
+    assert {r.extra["seq_len"] for r in rows if r.metric == "icl_curve_model"} == {10}
+    assert "icl_mse" in metrics(rows)
