@@ -121,7 +121,7 @@ class Runner:
         entry = METHODS.get(case.method)
         defaults = entry.spec.params({})
         if entry.spec.why_not(entry.spec.shape(case.workload, defaults), defaults):
-            return  # impossible whatever the params (e.g. no causal form): recorded as unsupported
+            return  # impossible whatever the params (e.g. no causal form): its row records why
         params = entry.spec.params(case.param_dict)
         try:
             workload_for(entry, case.workload, params)

@@ -63,7 +63,7 @@ class ModelConfig:
 def effective_pos(method: str, pos: str) -> tuple[str, str]:
     """The positional scheme a method trains with, and why it differs from `pos` (or "").
 
-    RoPE goes into the q/k heads (`attnbench.layers.rotary`), so layer methods that own their
+    RoPE goes into the q/k heads (`attnbench.rope.rotary`), so layer methods that own their
     projections and take no `rope` flag get no positions instead; methods of the `positional`
     family carry their own position signal and get none added.
     """
@@ -306,8 +306,9 @@ def fit_heads(entry: MethodEntry, backend: str, w: Workload, params: Mapping[str
 
     Proxies fix the model width; a grouped method (e.g. gqa's 4 query heads per kv head) cannot
     run a 1-head MQAR model. Such a method gets the smallest head count ≥ the task's, dividing
-    the width, that its checks accept; `heads_note` in the options says so. Otherwise `w` is
-    returned unchanged and the runner records the method's own reason.
+    the width into even head widths (RoPE needs them), that its checks accept; `heads_note` in
+    the options says so. Otherwise `w` is returned unchanged and the runner records the method's
+    own reason.
     """
     first = entry.why_not(Backend(backend), entry.spec.shape(w, params), params)
     if first is None:

@@ -4,7 +4,8 @@ Sequences: filler tokens, `NEEDLE d₁…d_k` at depth δ, and `QUERY d₁…d_k
 forced; only the k digit predictions are scored). Training draws L ~ U[min_len, max_len] per step
 and δ ~ U[0, 1] and stops once the EMA training loss falls below `loss_target`. Evaluation: exact
 match of all k digits on a lengths × depths grid with fixed haystacks per cell (the same for every
-method and seed); lengths above max_len measure extrapolation. Learned absolute positions cannot
+method and seed); lengths above max_len measure extrapolation, and lengths the method cannot
+run (e.g. not a multiple of its block) are left out of the grid. Learned absolute positions cannot
 extrapolate, so those cells are left out for `pos = "learned"`. Layer methods that take no `rope`
 flag train without positions (see `attnbench.train.effective_pos`); the scheme used is in the case
 options.
