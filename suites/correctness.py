@@ -18,6 +18,7 @@ from attnbench.execute import workload_for
 from attnbench.inputs import make_qkv, make_x
 from attnbench.kernelsuite import KernelSuite
 from attnbench.layers import build_layer
+from attnbench.metrics import info
 from attnbench.registry import METHODS, MethodEntry, register_suite
 from attnbench.spec import Backend, Status, Tolerance, Workload, run_params
 from attnbench.suite import Case, Row
@@ -70,6 +71,12 @@ def within(err: float, scale: float, lowp_err: float, tol: Tolerance) -> bool:
 class Correctness(KernelSuite):
     name = "correctness"
     version = 1
+    metrics = (
+        info("max_abs_err", label="max abs err"),
+        info("max_rel_err", label="max rel err"),
+        info("ref_lowp_err", label="reference low-precision err"),
+        info("grad_max_abs_err", label="grad max abs err"),
+    )
     include_reference = False
 
     def run(self, case: Case) -> list[Row]:

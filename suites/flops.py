@@ -9,6 +9,7 @@ from __future__ import annotations
 from attnbench.execute import prepare_call, workload_for
 from attnbench.flops import counted_flops, dense_flops, projection_flops
 from attnbench.kernelsuite import KernelSuite
+from attnbench.metrics import info
 from attnbench.registry import METHODS, register_suite
 from attnbench.spec import Backend
 from attnbench.suite import Case, Row
@@ -21,6 +22,15 @@ UNCOUNTABLE = (Backend.FLEX, Backend.FLEX_COMPILED)
 class Flops(KernelSuite):
     name = "flops"
     version = 1
+    metrics = (
+        info("flops_useful", "FLOP", label="FLOPs useful", headline=True),
+        info("flops_executed", "FLOP", label="FLOPs executed"),
+        info("flops_softmax", "FLOP", label="FLOPs softmax"),
+        info("flops_vs_dense", "ratio", label="FLOPs vs dense"),
+        info("flops_counted", "FLOP", label="FLOPs counted"),
+        info("flops_counted_ratio", "ratio", label="counted / analytic"),
+        info("kv_cache_bytes", "B", label="KV cache"),
+    )
 
     def run(self, case: Case) -> list[Row]:
         entry = METHODS.get(case.method)

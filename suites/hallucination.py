@@ -26,6 +26,7 @@ from torch import nn
 
 from attnbench import hallucination as hal
 from attnbench.layers import build_layer
+from attnbench.metrics import POINT, higher, info, lower
 from attnbench.registry import METHODS, MethodEntry, register_suite
 from attnbench.spec import Backend, Workload
 from attnbench.suite import Case, Row
@@ -218,6 +219,20 @@ def is_wrapper(entry: MethodEntry) -> bool:
 class Hallucination(ProxySuite):
     name = "hallucination"
     version = 1
+    metrics = (
+        higher("pope_adversarial_f1", label="POPE adversarial F1", headline=True),
+        lower("chair_i", "fraction", floor=POINT, label="CHAIR-i", headline=True),
+        lower("chair_s", "fraction", floor=POINT, label="CHAIR-s"),
+        higher("chair_recall", label="CHAIR recall"),
+        info("chair_mentions", "objects", label="objects per caption"),
+        higher("pope_*_acc"),
+        higher("pope_*_precision"),
+        higher("pope_*_recall"),
+        higher("pope_*_f1"),
+        higher("pope_*_acc_blind"),
+        info("pope_*_yes_ratio", "fraction"),
+        info("delta_*", "fraction"),  # intervention minus its base model, same weights
+    )
     causal = True
     defaults = DEFAULTS
 

@@ -33,6 +33,7 @@ import torch
 
 from attnbench import proxydata
 from attnbench.layers import AttentionLayer
+from attnbench.metrics import info, lower
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
@@ -121,6 +122,16 @@ def kq_ov_patterns(model: ProxyModel) -> dict[str, float] | None:
 class ICLRegression(ProxySuite):
     name = "icl_regression"
     version = 1
+    metrics = (
+        lower("icl_mse", "mse", label="ICL MSE", headline=True),
+        lower("icl_garg_mse", "mse", label="ICL error / d (Garg)", headline=True),
+        lower("icl*_mse_*", "mse"),  # the baselines' errors on the same prompts
+        lower("icl*_mse/*", "ratio"),  # the model's error over a baseline's
+        lower("icl*_curve_*", "mse"),  # error vs number of in-context examples
+        info("icl_kq_diag_ratio", "ratio"),
+        info("icl_ov_y_fraction", "ratio"),
+        info("icl_ov_y_sum_ratio", "ratio"),
+    )
     causal = True
     defaults = DEFAULTS
 

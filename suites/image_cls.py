@@ -27,6 +27,7 @@ from torch import nn
 
 from attnbench import proxydata
 from attnbench.flops import counted_flops
+from attnbench.metrics import higher, info
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
@@ -115,6 +116,12 @@ class ViT(nn.Module):
 class ImageCls(ProxySuite):
     name = "image_cls"
     version = 1
+    metrics = (
+        higher("top1", label="top-1", headline=True),
+        higher("top5", label="top-5"),
+        info("params", "count", label="parameters"),
+        info("flops_per_image", "flop", label="FLOPs / image"),
+    )
     causal = False
     takes_grid = True
     defaults = DEFAULTS

@@ -15,6 +15,7 @@ from attnbench.device import capture, peak_tflops
 from attnbench.execute import prepare_call, workload_for
 from attnbench.flops import dense_flops, projection_flops
 from attnbench.kernelsuite import KernelSuite
+from attnbench.metrics import HIGHER, MetricSpec, info, lower
 from attnbench.registry import METHODS, register_suite
 from attnbench.spec import Backend, FlopCount, Workload
 from attnbench.suite import Case, Row
@@ -39,6 +40,15 @@ def method_flops(method: str, w: Workload, params: dict[str, Any]) -> FlopCount:
 class Latency(KernelSuite):
     name = "latency"
     version = 1
+    metrics = (
+        lower("latency_ms", "ms", timed=True, label="latency", headline=True),
+        lower("setup_ms", "ms", timed=True, label="setup"),
+        MetricSpec("tflops", "TFLOP/s", HIGHER, timed=True, label="TFLOP/s", headline=True),
+        MetricSpec("pct_peak", "%", HIGHER, timed=True, label="% of peak", headline=True),
+        MetricSpec("speedup_vs_dense", "x", HIGHER, timed=True, label="speedup vs dense", headline=True),
+        info("speedup_bound", "x", label="speedup bound"),
+        MetricSpec("realisation", "ratio", HIGHER, timed=True, label="realisation"),
+    )
 
     def options(self, section: dict[str, Any]) -> dict[str, Any]:
         return timing_options(section)

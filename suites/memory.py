@@ -13,6 +13,7 @@ import torch
 from attnbench import memory
 from attnbench.execute import prepare_call, workload_for
 from attnbench.kernelsuite import KernelSuite
+from attnbench.metrics import MIB, info, lower
 from attnbench.registry import METHODS, load_plugins, register_suite
 from attnbench.suite import Case, Row
 
@@ -35,6 +36,11 @@ def measure_peak(case_json: str) -> dict[str, Any]:
 class Memory(KernelSuite):
     name = "memory"
     version = 1
+    metrics = (
+        lower("peak_mem_bytes", "B", floor=MIB, label="peak memory", headline=True),
+        info("attn_matrix_bytes", "B", label="attn matrix"),
+        info("kv_cache_bytes", "B", label="KV cache"),
+    )
 
     def run(self, case: Case) -> list[Row]:
         entry = METHODS.get(case.method)

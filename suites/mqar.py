@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from attnbench import proxydata
+from attnbench.metrics import higher
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
@@ -57,6 +58,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 class MQAR(ProxySuite):
     name = "mqar"
     version = 1
+    metrics = (
+        higher("mqar_acc", label="MQAR accuracy", headline=True),
+        higher("mqar_acc_*"),  # per K slice (k<K>) and per learning rate (lr<lr>)
+    )
     causal = True
     defaults = DEFAULTS
 

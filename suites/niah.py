@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from attnbench import proxydata
+from attnbench.metrics import higher
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
@@ -72,6 +73,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 class NIAH(ProxySuite):
     name = "niah"
     version = 1
+    metrics = (
+        higher("niah_acc_in_range", label="NIAH accuracy", headline=True),
+        higher("niah_k4v1q1_acc_in_range", label="NIAH multi-key", headline=True),
+        higher("niah_k1v2q1_acc_in_range", label="NIAH multi-value", headline=True),
+        higher("niah_k4v1q2_acc_in_range", label="NIAH multi-query", headline=True),
+        higher("niah_acc_extrap", label="NIAH extrapolation"),
+        higher("niah*_acc_*"),  # per depth, digit accuracy, keyed variants (niah_k<n>v<v>q<q>_...)
+    )
     causal = True
     defaults = DEFAULTS
 

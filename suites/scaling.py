@@ -12,6 +12,7 @@ from typing import Any
 
 from attnbench.execute import prepare_call, workload_for
 from attnbench.kernelsuite import KernelSuite, as_list, workloads
+from attnbench.metrics import info, lower
 from attnbench.registry import METHODS, register_suite
 from attnbench.spec import Status, Workload
 from attnbench.suite import Case, Row
@@ -29,6 +30,10 @@ def fit_exponent(ns: list[int], ms: list[float]) -> float:
 class Scaling(KernelSuite):
     name = "scaling"
     version = 1
+    metrics = (
+        lower("latency_ms", "ms", timed=True, label="latency", headline=True),
+        info("cost_exponent", label="cost exponent"),
+    )
 
     def options(self, section: dict[str, Any]) -> dict[str, Any]:
         keys = ("min_time_s", "max_reps", "warmup_s")
