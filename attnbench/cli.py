@@ -212,8 +212,6 @@ def analyze(
 
     from attnbench import device as devmod
     from attnbench import results
-    from attnbench.analysis import analyze as run_analysis
-    from attnbench.analysis import heatmap_svg
 
     load_plugins()
     try:
@@ -223,7 +221,8 @@ def analyze(
         raise fail(str(exc)) from None
     if model is not None and not model.exists():
         raise fail(f"no model file at {model}")
-    rows = run_analysis(model, method=method, preset=preset, seed=seed, steps=steps, hunt=hunt)
+    analyzer = SUITES.get("hallucination")  # the suite whose proxy model `analyze` inspects
+    rows, heatmap_svg = analyzer.analyze(model, method=method, preset=preset, seed=seed, steps=steps, hunt=hunt)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S-analysis")
     info = devmod.capture("cpu").as_dict()
     context = dict(run_id=run_id, created_at=datetime.now(UTC), case_id=f"analysis-{method}", backend="reference",

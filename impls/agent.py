@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
-from attnbench.impls.mha import dense_attention
 from attnbench.impls.spectformer import grid_of
+from attnbench.ops import dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 

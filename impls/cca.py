@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs
-from attnbench.impls.mha import causal_mask, dense_attention
+from attnbench.ops import causal_mask, dense_attention
 from attnbench.registry import register_method, step
 from attnbench.rope import rotary
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload

@@ -8,7 +8,7 @@ import torch
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs, core_flops
 from attnbench.impls._deconstructed import PAPER
-from attnbench.impls.mha import causal_mask, causal_mask_mod
+from attnbench.ops import causal_mask, causal_mask_mod
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Params, Workload
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.impls._deconstructed import PAPER
-from attnbench.impls.mha import causal_mask
+from attnbench.ops import causal_mask
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Params, Workload
 

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
-from attnbench.impls.mha import dense_attention
 from attnbench.impls.neighborhood import (
     adapt,
     axis_masks,
@@ -27,6 +26,7 @@ from attnbench.impls.neighborhood import (
     na_mask_rows,
     tile_permutation,
 )
+from attnbench.ops import dense_attention
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, Paper
 

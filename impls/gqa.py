@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from attnbench.flops import dense_flops
-from attnbench.impls.mha import causal_mask, causal_mask_mod, dense_attention, kv_cache_bytes
+from attnbench.ops import causal_mask, causal_mask_mod, dense_attention, expect_kv_heads
+from attnbench.ops import dense_kv_cache_bytes as kv_cache_bytes
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, Paper, Params, Workload
 
@@ -35,13 +36,6 @@ def check_groups(w: Workload, params: Params) -> str | None:
     if w.heads_kv * g != w.heads_q:
         return f"gqa: groups={g} needs heads_kv={w.heads_q // g}, got heads_kv={w.heads_kv}"
     return None
-
-
-def expect_kv_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_heads: int, name: str) -> None:
-    """Raise when k/v do not carry `kv_heads` heads for q's query heads."""
-    if k.shape[1] != kv_heads or v.shape[1] != kv_heads:
-        raise ValueError(f"{name}: expected k/v with {kv_heads} heads for {q.shape[1]} query heads, "
-                         f"got k {tuple(k.shape)}, v {tuple(v.shape)}")
 
 
 SPEC = AttentionSpec(

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from attnbench.impls import _intervene as iv
+from attnbench import intervene as iv
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, Paper
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from attnbench.flops import mask_flops
-from attnbench.impls.mha import dense_attention
+from attnbench.ops import dense_attention
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.flops import dense_flops
-from attnbench.impls.mha import causal_mask, dense_attention
+from attnbench.ops import causal_mask, dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 

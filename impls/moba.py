@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from attnbench.flops import mask_flops
-from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.inputs import make_qkv
+from attnbench.ops import causal_mask, dense_attention
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from attnbench.flops import dense_flops
-from attnbench.impls.gqa import expect_kv_heads
-from attnbench.impls.mha import causal_mask, causal_mask_mod, dense_attention, kv_cache_bytes
+from attnbench.ops import causal_mask, causal_mask_mod, dense_attention, expect_kv_heads
+from attnbench.ops import dense_kv_cache_bytes as kv_cache_bytes
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, Paper, Params, Workload
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, core_flops, tile_stats
-from attnbench.impls.mha import dense_attention
+from attnbench.ops import dense_attention
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
-from attnbench.impls.mha import dense_attention
 from attnbench.impls.vmoba import as_grid, default_grid
+from attnbench.ops import dense_attention
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, causal_pairs, core_flops
 from attnbench.impls.mdha import DepthwiseConv, conv_flops, proj_flops
-from attnbench.impls.mha import causal_mask, dense_attention
+from attnbench.ops import causal_mask, dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
-from attnbench.impls.mha import dense_attention, kv_cache_bytes
+from attnbench.ops import dense_attention
+from attnbench.ops import dense_kv_cache_bytes as kv_cache_bytes
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 

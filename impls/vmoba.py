@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import torch
 
 from attnbench.flops import mask_flops
-from attnbench.impls.mha import dense_attention
 from attnbench.impls.moba import block_means
 from attnbench.inputs import make_qkv
+from attnbench.ops import dense_attention
 from attnbench.registry import register_method
 from attnbench.spec import AttentionSpec, Capabilities, FlopCount, Paper, Params, Workload
 

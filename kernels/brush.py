@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.impls import _intervene as iv
+from attnbench import intervene as iv
 from attnbench.impls.brush import SPEC, combine, head_gain, spans
-from attnbench.kernels.flex import flex_can_run
+from attnbench.ops import flex_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

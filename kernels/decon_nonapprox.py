@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from attnbench.impls.decon_nonapprox import SPEC, key_scores
-from attnbench.kernels.flex import flex_can_run
+from attnbench.ops import flex_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

@@ -7,33 +7,14 @@ so that cost is recorded as setup time and never enters the steady-state latency
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from attnbench.ops import flex_can_run, flex_runner, workload_of
 from attnbench.registry import Impl, register_generic_backend
-from attnbench.spec import DTYPES, AttentionSpec, Backend, Params, Workload
-
-_RECOMPILE_LIMIT = 1024  # shape sweeps compile one graph per shape and mask; dynamo default is 8
-
-
-def flex_can_run(w: Workload, params: Params) -> str | None:
-    if w.mode != "fwd" and w.device == "cpu":
-        return "FlexAttention has no backward on CPU"
-    if w.dtype == "float64" and w.device != "cpu":
-        return "FlexAttention on GPU does not take float64"
-    return None
-
-
-def workload_of(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params) -> Workload:
-    """The Workload describing these tensors (spatial taken from params)."""
-    dtype = next(name for name, dt in DTYPES.items() if dt == q.dtype)
-    spatial = params.get("spatial")
-    return Workload(batch=q.shape[0], heads_q=q.shape[1], heads_kv=k.shape[1], seq_q=q.shape[2],
-                    seq_kv=k.shape[2], head_dim=q.shape[3], dtype=dtype, causal=causal,
-                    device=q.device.type, spatial=tuple(spatial) if spatial else None)
+from attnbench.spec import AttentionSpec, Backend, Params, Workload
 
 
 def block_mask_for(spec: AttentionSpec, w: Workload, params: Params) -> Any:
@@ -44,21 +25,6 @@ def block_mask_for(spec: AttentionSpec, w: Workload, params: Params) -> Any:
     if mask_mod is None:
         return None
     return create_block_mask(mask_mod, None, None, w.seq_q, w.seq_kv, device=w.device)
-
-
-def flex_runner(compiled: bool) -> Callable[..., torch.Tensor]:
-    """`flex_attention`, eager or `torch.compile`d, called with dynamo's recompile limit raised (each
-    shape and mask compiles once, deliberately) and the eager-is-unfused warning silenced."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    attend = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
-
-    def run(*args: Any, **kwargs: Any) -> torch.Tensor:
-        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*without torch.compile.*")  # eager is the point
-            return attend(*args, **kwargs)
-
-    return run
 
 
 def _make(spec: AttentionSpec, compiled: bool) -> Callable[..., Callable[..., torch.Tensor]]:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.impls.gqa import SPEC, expect_kv_heads
+from attnbench.impls.gqa import SPEC
 from attnbench.kernels.mha import mha_sdpa
+from attnbench.ops import expect_kv_heads
 from attnbench.registry import register_backend
 from attnbench.spec import Backend, Params, Workload
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from attnbench.impls.moba import SPEC, moba_mask, moba_select
-from attnbench.kernels.flex import flex_can_run, flex_runner
+from attnbench.ops import flex_can_run, flex_runner
 from attnbench.registry import register_backend
 from attnbench.spec import AttentionSpec, Backend, Params, Workload
 

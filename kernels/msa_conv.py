@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from attnbench.impls.msa_conv import SPEC, canvas_mask_mod, grid_of, pad_to_canvas, padding
-from attnbench.kernels.flex import flex_can_run, flex_runner
+from attnbench.ops import flex_can_run, flex_runner
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

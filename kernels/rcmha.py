@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from attnbench.impls.rcmha import SPEC
-from attnbench.kernels.flex import flex_can_run
 from attnbench.kernels.rmha import rel_flex, rel_sdpa
+from attnbench.ops import flex_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.impls.rmha import SPEC
-from attnbench.kernels.flex import flex_can_run
+from attnbench.ops import flex_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

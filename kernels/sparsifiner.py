@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.impls.mha import dense_attention
 from attnbench.impls.sparsifiner import SPEC
+from attnbench.ops import dense_attention
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

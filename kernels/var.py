@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.impls import _intervene as iv
+from attnbench import intervene as iv
 from attnbench.impls.var import SPEC, selected_rows, sets
-from attnbench.kernels.flex import flex_can_run
+from attnbench.ops import flex_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 

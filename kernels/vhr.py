@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.impls import _intervene as iv
+from attnbench import intervene as iv
 from attnbench.impls.vhr import SPEC, last_noimg, reinforce
 from attnbench.registry import register_backend
 from attnbench.spec import Backend

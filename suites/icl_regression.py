@@ -31,22 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnbench import proxydata
 from attnbench.layers import AttentionLayer
 from attnbench.metrics import info, lower
+from attnbench.proxy import data as proxydata
+from attnbench.proxy.suite import ProxySuite, expand_variants
+from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, predict, seed_all, train
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
-from attnbench.train import (
-    ProxyModel,
-    ProxySuite,
-    TrainConfig,
-    data_rng,
-    expand_variants,
-    predict,
-    seed_all,
-    train,
-)
 
 EVAL_SEED = 20_000
 

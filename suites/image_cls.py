@@ -25,13 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnbench import proxydata
 from attnbench.flops import counted_flops
 from attnbench.metrics import higher, info
+from attnbench.proxy import data as proxydata
+from attnbench.proxy.suite import ProxySuite, accepts_spatial
+from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, predict, seed_all, train
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
-from attnbench.train import ProxyModel, ProxySuite, TrainConfig, accepts_spatial, data_rng, predict, seed_all, train
 
 _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], dataset="auto", data_root="", image_size=28, n_train=10_000, patch=4,

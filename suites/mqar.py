@@ -20,21 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnbench import proxydata
 from attnbench.metrics import higher
+from attnbench.proxy import data as proxydata
+from attnbench.proxy.suite import ProxySuite
+from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, seed_all, token_hits, token_loss, train
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Workload
 from attnbench.suite import Case, Row
-from attnbench.train import (
-    ProxyModel,
-    ProxySuite,
-    TrainConfig,
-    data_rng,
-    seed_all,
-    token_hits,
-    token_loss,
-    train,
-)
 
 _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], vocab=256, seq_len=[64], kv_pairs=[[4, 8]], power_a=0.01,

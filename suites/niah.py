@@ -7,7 +7,7 @@ match of all k digits on a lengths × depths grid with fixed haystacks per cell 
 method and seed); lengths above max_len measure extrapolation, and lengths the method cannot
 run (e.g. not a multiple of its block) are left out of the grid. Learned absolute positions cannot
 extrapolate, so those cells are left out for `pos = "learned"`. Layer methods that take no `rope`
-flag train without positions (see `attnbench.train.effective_pos`); the scheme used is in the case
+flag train without positions (see `attnbench.proxy.train.effective_pos`); the scheme used is in the case
 options.
 
 RULER's keyed variants (`needles` > 1 distractor keys, `values` per key, `queries` keys asked,
@@ -30,23 +30,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnbench import proxydata
 from attnbench.metrics import higher
-from attnbench.registry import MethodEntry, register_suite
-from attnbench.spec import Workload
-from attnbench.suite import Case, Row
-from attnbench.train import (
+from attnbench.proxy import data as proxydata
+from attnbench.proxy.suite import ProxySuite, expand_variants
+from attnbench.proxy.train import (
     ProxyModel,
-    ProxySuite,
     TrainConfig,
     data_rng,
     effective_pos,
-    expand_variants,
     seed_all,
     token_hits,
     token_loss,
     train,
 )
+from attnbench.registry import MethodEntry, register_suite
+from attnbench.spec import Workload
+from attnbench.suite import Case, Row
 
 EVAL_SEED = 10_000  # eval haystacks are the same for every method and seed
 

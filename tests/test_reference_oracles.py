@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnbench.impls.mha import dense_attention
 from attnbench.inputs import make_qkv
+from attnbench.ops import dense_attention
 from attnbench.registry import METHODS
 from attnbench.spec import Workload, run_params
 

@@ -8,8 +8,8 @@ import torch
 import attnbench.kernels.agent  # registers agent and its SDPA step
 from attnbench.flops import counted_flops
 from attnbench.impls.agent import SPEC, agent_attention, agent_flops
-from attnbench.impls.mha import dense_attention
 from attnbench.layers import build_layer
+from attnbench.ops import dense_attention
 from attnbench.spec import Workload
 
 C, H, GRID = 16, 2, (6, 8)

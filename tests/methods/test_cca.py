@@ -9,8 +9,8 @@ import attnbench.kernels.cca  # noqa: F401  (registers cca and its SDPA step)
 import attnbench.kernels.ccgqa  # noqa: F401
 from attnbench.flops import counted_flops
 from attnbench.impls.cca import SPEC, cca_flops, cca_kv_cache_bytes
-from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.layers import build_layer
+from attnbench.ops import causal_mask, dense_attention
 from attnbench.spec import Workload
 
 E, H, N = 32, 4, 24

@@ -7,8 +7,8 @@ import torch
 
 import attnbench.kernels.ccgqa  # noqa: F401  (registers ccgqa and its SDPA step)
 from attnbench.impls.ccgqa import SPEC
-from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.layers import build_layer
+from attnbench.ops import causal_mask, dense_attention
 from attnbench.spec import Workload
 
 E, H, N = 32, 4, 24

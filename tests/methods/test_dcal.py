@@ -8,8 +8,8 @@ import torch
 
 import attnbench.kernels.dcal  # noqa: F401  (registers the SDPA step)
 from attnbench.impls.dcal import SPEC, attention_rollout, dcal_flops, n_local
-from attnbench.impls.mha import dense_attention
 from attnbench.layers import build_layer
+from attnbench.ops import dense_attention
 from attnbench.spec import Workload
 
 C, H, N = 32, 4, 30

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.layers import build_layer
+from attnbench.ops import causal_mask, dense_attention
 
 C, N, H = 32, 20, 4
 

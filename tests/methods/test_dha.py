@@ -8,8 +8,8 @@ import torch
 import attnbench.kernels.dha  # noqa: F401  (registers dha and its SDPA step)
 from attnbench.flops import counted_flops
 from attnbench.impls.dha import SPEC, dha_flops, dha_kv_cache_bytes
-from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.layers import build_layer
+from attnbench.ops import causal_mask, dense_attention
 from attnbench.spec import Workload
 
 E, H, N, D = 32, 4, 20, 8

@@ -7,8 +7,8 @@ import torch
 
 from attnbench.flops import dense_flops
 from attnbench.impls.gqa import SPEC, gqa
-from attnbench.impls.mha import kv_cache_bytes as mha_kv_cache_bytes
 from attnbench.impls.mha import mha
+from attnbench.ops import dense_kv_cache_bytes as mha_kv_cache_bytes
 from attnbench.registry import METHODS
 from attnbench.spec import Backend, Workload
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.impls import _intervene as iv
+from attnbench import intervene as iv
 from attnbench.impls.imbalance_fix import imbalance_fix, streams
 from attnbench.impls.mha import mha
 

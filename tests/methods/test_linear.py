@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from attnbench.impls.linear import SPEC, linear
-from attnbench.impls.mha import causal_mask
 from attnbench.kernels.linear import linear_chunked, linear_recurrent
+from attnbench.ops import causal_mask
 from attnbench.spec import Workload
 
 FORMS = [("elu", True), ("identity", False)]

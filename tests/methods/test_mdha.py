@@ -7,8 +7,8 @@ import torch
 
 from attnbench.flops import counted_flops
 from attnbench.impls.mdha import SPEC, mdha_flops
-from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.layers import build_layer
+from attnbench.ops import causal_mask, dense_attention
 from attnbench.spec import Workload
 
 C, H, N = 32, 4, 24

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnbench.impls.mha import dense_attention
 from attnbench.impls.moba import SPEC, moba, moba_select
+from attnbench.ops import dense_attention
 from attnbench.registry import METHODS
 
 B, H, N, D, BS = 1, 2, 200, 16, 32  # 7 blocks, the last one short

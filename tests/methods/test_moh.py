@@ -7,9 +7,9 @@ import torch
 
 import attnbench.kernels.moh  # noqa: F401  (registers moh and its sdpa/native steps)
 from attnbench.flops import counted_flops
-from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.impls.moh import SPEC, load_balance_loss, moh_flops
 from attnbench.layers import build_layer
+from attnbench.ops import causal_mask, dense_attention
 from attnbench.spec import Workload
 
 C, H, N = 32, 8, 40

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnbench.impls.mha import dense_attention
 from attnbench.impls.paro import (
     AXIS_PERMUTATIONS,
     SPEC,
@@ -16,6 +15,7 @@ from attnbench.impls.paro import (
     paro_error,
     paro_plan,
 )
+from attnbench.ops import dense_attention
 from attnbench.registry import METHODS
 
 B, H, D, GRID, BLOCK = 1, 2, 16, (4, 8, 8), 32

@@ -8,9 +8,9 @@ import torch
 
 import attnbench.kernels.rmha as krmha
 from attnbench.flops import counted_flops
-from attnbench.impls.mha import causal_mask, dense_attention
 from attnbench.impls.rmha import SPEC, rel_flops, rel_logits
 from attnbench.layers import build_layer
+from attnbench.ops import causal_mask, dense_attention
 from attnbench.spec import Workload
 
 C, H, N = 32, 4, 24

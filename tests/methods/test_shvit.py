@@ -7,9 +7,9 @@ import torch
 
 import attnbench.kernels.shvit  # noqa: F401  (registers shvit and its SDPA step)
 from attnbench.flops import counted_flops
-from attnbench.impls.mha import dense_attention
 from attnbench.impls.shvit import SPEC, shvit_flops
 from attnbench.layers import build_layer
+from attnbench.ops import dense_attention
 from attnbench.spec import Workload
 
 C, N = 28, 36

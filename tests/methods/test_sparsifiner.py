@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnbench.impls.mha import dense_attention
 from attnbench.impls.sparsifiner import SPEC, budget
 from attnbench.layers import build_layer
+from attnbench.ops import dense_attention
 from attnbench.spec import Workload
 
 C, H, N = 32, 2, 64

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.impls import _intervene as iv
+from attnbench import intervene as iv
 from attnbench.impls.mha import mha
 from attnbench.impls.var import var
 from attnbench.kernels.var import var_flex

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnbench.impls.mha import dense_attention
 from attnbench.impls.vmoba import (
     SPEC,
     THRESHOLD_TYPES,
@@ -15,6 +14,7 @@ from attnbench.impls.vmoba import (
     vmoba,
     vmoba_route,
 )
+from attnbench.ops import dense_attention
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from attnbench import hallucination as hal
 from attnbench.presets import Preset
 from attnbench.registry import METHODS, SUITES
+from attnbench.suites.hallucination import scoring as hal
 
 
 def test_pope_parse_and_scores(tmp_path):

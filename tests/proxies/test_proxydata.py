@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnbench import proxydata as pd
+from attnbench.proxy import data as pd
 
 
 def test_mqar_keys_values_and_scored_positions():

@@ -7,23 +7,23 @@ import pytest
 import torch
 from torch import nn
 
-from attnbench import proxydata
 from attnbench.layers import accepts_rope, build_layer
 from attnbench.presets import Preset
-from attnbench.registry import METHODS
-from attnbench.rope import rotary
-from attnbench.spec import Backend, Workload
-from attnbench.train import (
+from attnbench.proxy import data as proxydata
+from attnbench.proxy.suite import settings_for
+from attnbench.proxy.train import (
     ModelConfig,
     ProxyModel,
     TrainConfig,
     effective_pos,
     predict,
     seed_all,
-    settings_for,
     token_loss,
     train,
 )
+from attnbench.registry import METHODS
+from attnbench.rope import rotary
+from attnbench.spec import Backend, Workload
 
 
 def _mqar_run(seed: int, steps: int = 6, **tc) -> tuple[list[float], ProxyModel]:

@@ -18,19 +18,21 @@ tokens zeroed: the prior-only control); interventions `delta_pope_<split>_{f1,ye
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from attnbench import hallucination as hal
 from attnbench.layers import build_layer
 from attnbench.metrics import POINT, higher, info, lower
+from attnbench.proxy.suite import ProxySuite
+from attnbench.proxy.train import Block, TrainConfig, TrainResult, data_rng, seed_all, train
 from attnbench.registry import METHODS, MethodEntry, register_suite
 from attnbench.spec import Backend, Workload
 from attnbench.suite import Case, Row
-from attnbench.train import Block, ProxySuite, TrainConfig, TrainResult, data_rng, seed_all, train
+from attnbench.suites.hallucination import scoring as hal
 
 _SMOKE: dict[str, Any] = dict(
     backends=["reference"], seeds=[0], image=32, grid=2, max_objects=4, n_classes=10, prior=0.8, n_pairs=5,
@@ -235,6 +237,14 @@ class Hallucination(ProxySuite):
     )
     causal = True
     defaults = DEFAULTS
+
+    def analyze(self, model: Any, *, method: str, preset: str, seed: int, steps: int | None,
+                hunt: bool) -> tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]], str], str]]:
+        """`attnbench analyze`: per-layer × per-head score rows of a proxy model, and the heatmap renderer."""
+        from attnbench.suites.hallucination import analysis
+
+        rows = analysis.analyze(model, method=method, preset=preset, seed=seed, steps=steps, hunt=hunt)
+        return rows, analysis.heatmap_svg
 
     def applies_to(self, entry: MethodEntry, backend: Backend) -> str | None:
         if is_wrapper(entry):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnbench import analysis
 from attnbench.layers import build_layer
+from attnbench.suites.hallucination import analysis
 
 
 class Tiny(nn.Module):

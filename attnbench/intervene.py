@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from attnbench.ops import workload_of
 from attnbench.registry import METHODS, MethodEntry
-from attnbench.spec import DTYPES, Backend, Params, Workload
+from attnbench.spec import Backend, Params, Workload
 
 COMMON_DEFAULTS: dict[str, Any] = {"base": "mha", "base_params": {}}
 WRAPPERS = ("vhr", "var", "imbalance_fix", "softpag", "gift", "brush", "consistedit")
@@ -80,19 +81,13 @@ def check_base(w: Workload, params: Params) -> str | None:
     return spec.why_not(w, base_params(params))
 
 
-def workload_of(q: torch.Tensor, k: torch.Tensor, causal: bool, q_offset: int = 0) -> Workload:
-    dtype = next(name for name, dt in DTYPES.items() if dt == q.dtype)
-    return Workload(batch=q.shape[0], heads_q=q.shape[1], heads_kv=k.shape[1], seq_q=q.shape[2] + q_offset,
-                    seq_kv=k.shape[2], head_dim=q.shape[3], dtype=dtype, causal=causal, device=q.device.type)
-
-
 def base_mods(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params, q_offset: int = 0
               ) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
     """The base's flex `(mask_mod, score_mod)` for these tensors (None = absent).
 
     `q_offset`: q holds the rows `q_offset…` of a sequence of `q_offset + Nq` queries."""
     spec, bp = base_entry(params).spec, base_params(params)
-    w = workload_of(q, k, causal, q_offset)
+    w = workload_of(q, k, causal, q_offset=q_offset)
     return (spec.mask_mod(w, bp) if spec.mask_mod else None,
             spec.score_mod(w, bp) if spec.score_mod else None)
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnbench.impls import _intervene as iv
+from attnbench import intervene as iv
 from attnbench.layers import AttentionLayer
 
 TargetFn = Callable[[Any], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # output → (loss, acc, conf)
@@ -207,7 +207,7 @@ def head_hunter(model: nn.Module, objective: Callable[[nn.Module], float], *, ro
     """Greedy head search (HeadHunter): each round, try adding every remaining (layer, head) to the set,
     perturb the set with `method` (SoftPAG at `strength` 1 by default) and keep the `k` best by
     `objective` (higher = better). Returns the selection order and the first-round score `[L, H]`."""
-    from attnbench.hallucination import apply_intervention
+    from attnbench.suites.hallucination.scoring import apply_intervention
 
     layers = attention_layers(model)
     params = {"strength": 1.0, **(params or {})}
@@ -310,11 +310,11 @@ def analyze(model_or_path: nn.Module | str | Path | None = None, *, method: str 
         hunt: also run HeadHunter (SoftPAG, 1 round) for POPE-adversarial accuracy on the probe.
         n_probe: probe images (each gives 2 yes + 2 no adversarial POPE questions).
     """
-    from attnbench import hallucination as hal
     from attnbench.presets import load_preset
+    from attnbench.proxy.train import data_rng
     from attnbench.registry import SUITES, load_plugins
     from attnbench.suites import hallucination as hs
-    from attnbench.train import data_rng
+    from attnbench.suites.hallucination import scoring as hal
 
     load_plugins()
     suite = SUITES.get("hallucination")
