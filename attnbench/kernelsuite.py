@@ -14,6 +14,7 @@ import itertools
 import json
 from typing import Any
 
+from attnbench.metrics import MetricSpec
 from attnbench.presets import Preset
 from attnbench.registry import MethodEntry, Registry
 from attnbench.spec import Backend, Workload, params_json
@@ -60,6 +61,8 @@ class KernelSuite:
 
     name = ""
     version = 1
+    kind = "kernel"
+    metrics: tuple[MetricSpec, ...] = ()
     include_reference = True
 
     def applies_to(self, entry: MethodEntry, backend: Backend) -> str | None:

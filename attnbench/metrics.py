@@ -39,6 +39,9 @@ class MetricSpec:
         floor: absolute differences below this are never regressions.
         label: short column label (default: the name with spaces).
         headline: shown as a column of the leaderboard overview (in declaration order).
+        role: what the leaderboard's aggregates use it for: "time" (the per-call time that
+            rankings and win rates compare), "speedup" (ratio to DENSE_BASELINE, counted by fast_p),
+            "error" (numerical error against the reference); "" for none.
     """
 
     name: str
@@ -48,6 +51,7 @@ class MetricSpec:
     floor: float = 0.0
     label: str = ""
     headline: bool = False
+    role: str = ""
 
     @property
     def is_pattern(self) -> bool:

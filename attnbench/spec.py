@@ -193,6 +193,8 @@ class AttentionSpec:
     `mask_mod` / `score_mod` are FlexAttention factories `(workload, params) -> fn | None`
     (None = no mask / no score edit); setting either makes the generic flex backends cover it.
     `claims` are the paper's headline results, shown next to what the harness measured.
+    `wraps_base`: an inference-time intervention that wraps the functional method named by its
+    `base` param (with `base_params`), rather than an attention of its own.
     """
 
     name: str
@@ -210,6 +212,7 @@ class AttentionSpec:
     mask_mod: MaskModFactory | None = None
     score_mod: MaskModFactory | None = None
     claims: tuple[str, ...] = ()
+    wraps_base: bool = False
 
     def __hash__(self) -> int:
         return hash(self.name)

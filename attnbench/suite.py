@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from attnbench.spec import Backend, Status, Workload
+from attnbench.spec import AttentionSpec, Backend, Params, Status, Workload
 
 if TYPE_CHECKING:
+    from attnbench.metrics import MetricSpec
     from attnbench.presets import Preset
-    from attnbench.registry import MethodEntry, Registry
+    from attnbench.registry import Impl, MethodEntry, Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,13 +22,17 @@ class Case:
 
     suite: str
     method: str
-    backend: str
+    backend: Backend
     workload: Workload
     params: str = "{}"  # canonical JSON (spec.params_json)
     seed: int = 0
     preset: str = ""
     suite_version: int = 1
     options: str = "{}"  # suite-specific settings (JSON), part of the identity
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backend, Backend):
+            object.__setattr__(self, "backend", Backend.parse(self.backend))
 
     @property
     def case_id(self) -> str:
@@ -62,6 +67,51 @@ class Case:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolvedCase:
+    """A Case resolved once, by the runner: method entry, backend implementation, validated
+    params (defaults merged with the case's overrides) and the workload as the method runs it.
+    Suites and `execute.prepare_call` take this; nothing downstream looks a name up again."""
+
+    case: Case
+    entry: MethodEntry
+    impl: Impl
+    params: Params
+    workload: Workload
+
+    @classmethod
+    def resolve(cls, case: Case, methods: Registry[MethodEntry]) -> ResolvedCase:
+        """Look the case's method and backend up and validate its params (ValueError/KeyError if not)."""
+        entry = methods.get(case.method)
+        impl = entry.impl(case.backend)
+        params = entry.spec.params(case.param_dict)
+        return cls(case, entry, impl, params, entry.spec.shape(case.workload, params))
+
+    @property
+    def spec(self) -> AttentionSpec:
+        return self.entry.spec
+
+    @property
+    def method(self) -> str:
+        return self.case.method
+
+    @property
+    def backend(self) -> Backend:
+        return self.case.backend
+
+    @property
+    def seed(self) -> int:
+        return self.case.seed
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.case.option_dict
+
+    def why_not(self) -> str | None:
+        """Why this method/backend cannot run the workload with these params, or None."""
+        return self.entry.why_not(self.case.backend, self.workload, self.params)
+
+
+@dataclass(frozen=True, slots=True)
 class Row:
     """One measured metric of a case. The runner adds the run/device/case columns."""
 
@@ -89,6 +139,8 @@ class Suite(Protocol):
 
     name: str
     version: int
+    kind: str  # "kernel" (speed, memory, FLOPs, numerics of one call) | "proxy" (trains and scores a model)
+    metrics: tuple[MetricSpec, ...]  # every metric run() emits (attnbench.metrics)
 
     def cases(self, preset: Preset, methods: Registry[MethodEntry]) -> list[Case]:
         """All cells of this suite for the preset, including ones that will be skipped."""
@@ -98,6 +150,6 @@ class Suite(Protocol):
         """Why this suite does not apply to the method/backend, or None."""
         ...
 
-    def run(self, case: Case) -> list[Row]:
-        """Measure one case; raise on failure (the runner records the status)."""
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        """Measure one resolved case; raise on failure (the runner records the status)."""
         ...

@@ -22,6 +22,7 @@ SPEC = AttentionSpec(
     paper=Paper("In-Context Brush: Zero-shot Customized Subject Insertion with Context-Aware Latent Space "
                 "Manipulation", 2025, "2505.20271"),
     family="intervention",
+    wraps_base=True,
     defaults={**iv.COMMON_DEFAULTS, "lam": 0.3, "gamma": 0.2, "text_span": None, "demo_span": None,
               "target_span": None},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),

@@ -30,6 +30,7 @@ SPEC = AttentionSpec(
     title="ConsistEdit: vision-only Q/K/V control for consistent editing",
     paper=Paper("ConsistEdit: Highly Consistent and Precise Training-free Visual Editing", 2025, "2510.17803"),
     family="intervention",
+    wraps_base=True,
     defaults={**iv.COMMON_DEFAULTS, "strength": 1.0, "qk_structure": True, "img_span": None, "edit_span": None},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),
     flops=iv.base_flops(1.0),

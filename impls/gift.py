@@ -26,6 +26,7 @@ SPEC = AttentionSpec(
                 "Mitigation", 2025,
                 "2510.22067"),
     family="intervention",
+    wraps_base=True,
     defaults={**iv.COMMON_DEFAULTS, "alpha": 5.0, "query_gain": None, "head_frac": 0.5, "img_span": None,
               "query_span": None},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),

@@ -24,6 +24,7 @@ SPEC = AttentionSpec(
     title="Fixing imbalanced attention: dual-stream tokens + head modulation",
     paper=Paper("Fixing Imbalanced Attention to Mitigate In-Context Hallucination of LVLMs", 2025, "2501.12206"),
     family="intervention",
+    wraps_base=True,
     defaults={**iv.COMMON_DEFAULTS, "alpha": 0.7, "beta": 0.3, "top_frac": 0.25, "head_modulation": True,
               "img_span": None},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),

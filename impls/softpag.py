@@ -19,6 +19,7 @@ SPEC = AttentionSpec(
     title="SoftPAG (attention map interpolated toward identity, per head)",
     paper=Paper("Fine-Grained Perturbation Guidance via Attention Head Selection", 2025, "2506.10978"),
     family="intervention",
+    wraps_base=True,
     defaults={**iv.COMMON_DEFAULTS, "strength": 0.5, "heads": None},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),
     flops=iv.base_flops(1.0),

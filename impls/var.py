@@ -22,6 +22,7 @@ SPEC = AttentionSpec(
     title="VAR: visual attention sink redistribution",
     paper=Paper("See What You Are Told: Visual Attention Sink in Large Multimodal Models", 2025, "2503.03321"),
     family="intervention",
+    wraps_base=True,
     defaults={**iv.COMMON_DEFAULTS, "keep_frac": 0.6, "sinks": [0], "summ": 0.2, "rho": 0.5, "img_span": None,
               "except_last_layer": True},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),

@@ -22,6 +22,7 @@ SPEC = AttentionSpec(
     paper=Paper("Cracking the Code of Hallucination in LVLMs with Vision-aware Head Divergence", 2025,
                 "2412.13949"),
     family="intervention",
+    wraps_base=True,
     defaults={**iv.COMMON_DEFAULTS, "alpha": 2.0, "outlier_z": 1.0, "img_span": None},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),
     flops=iv.base_flops(1.0),

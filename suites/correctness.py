@@ -72,7 +72,7 @@ class Correctness(KernelSuite):
     name = "correctness"
     version = 1
     metrics = (
-        info("max_abs_err", label="max abs err"),
+        info("max_abs_err", label="max abs err", role="error"),
         info("max_rel_err", label="max rel err"),
         info("ref_lowp_err", label="reference low-precision err"),
         info("grad_max_abs_err", label="grad max abs err"),

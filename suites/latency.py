@@ -41,11 +41,12 @@ class Latency(KernelSuite):
     name = "latency"
     version = 1
     metrics = (
-        lower("latency_ms", "ms", timed=True, label="latency", headline=True),
+        lower("latency_ms", "ms", timed=True, label="latency", headline=True, role="time"),
         lower("setup_ms", "ms", timed=True, label="setup"),
         MetricSpec("tflops", "TFLOP/s", HIGHER, timed=True, label="TFLOP/s", headline=True),
         MetricSpec("pct_peak", "%", HIGHER, timed=True, label="% of peak", headline=True),
-        MetricSpec("speedup_vs_dense", "x", HIGHER, timed=True, label="speedup vs dense", headline=True),
+        MetricSpec("speedup_vs_dense", "x", HIGHER, timed=True, label="speedup vs dense", headline=True,
+                   role="speedup"),
         info("speedup_bound", "x", label="speedup bound"),
         MetricSpec("realisation", "ratio", HIGHER, timed=True, label="realisation"),
     )

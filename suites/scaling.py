@@ -31,7 +31,7 @@ class Scaling(KernelSuite):
     name = "scaling"
     version = 1
     metrics = (
-        lower("latency_ms", "ms", timed=True, label="latency", headline=True),
+        lower("latency_ms", "ms", timed=True, label="latency", headline=True, role="time"),
         info("cost_exponent", label="cost exponent"),
     )
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from attnbench.metrics import MetricSpec
 from attnbench.presets import Preset
 from attnbench.proxy.train import ModelConfig
 from attnbench.registry import METHODS, MethodEntry, Registry
@@ -78,6 +79,8 @@ class ProxySuite:
 
     name = ""
     version = 1
+    kind = "proxy"
+    metrics: tuple[MetricSpec, ...] = ()
     causal = True  # the task is next-token / causal
     takes_grid = False  # 2-D-only methods apply (image patches)
     defaults: dict[str, dict[str, Any]] = {}
