@@ -15,8 +15,10 @@ import torch
 
 from attnbench.inputs import make_qkv, make_x
 from attnbench.layers import build_layer
+from attnbench.metrics import DENSE_BASELINE
 from attnbench.registry import METHODS, MethodEntry
 from attnbench.spec import Backend, Params, Workload, run_params
+from attnbench.suite import ResolvedCase
 from attnbench.timing import synchronize
 
 
@@ -38,15 +40,25 @@ def workload_for(entry: MethodEntry, w: Workload, params: Params) -> Workload:
     return shaped
 
 
-def prepare_call(method: str, backend: Backend | str, w: Workload, params: Params, *,
+def dense_baseline() -> tuple[MethodEntry, Backend]:
+    """The method entry and backend of `metrics.DENSE_BASELINE` (every speedup's denominator)."""
+    method, _, backend = DENSE_BASELINE.partition("/")
+    return METHODS.get(method), Backend(backend)
+
+
+def prepare_case(rc: ResolvedCase, w: Workload | None = None) -> PreparedCall:
+    """`prepare_call` for a resolved case (at `w` instead of its own workload when given)."""
+    return prepare_call(rc.entry, rc.backend, rc.workload if w is None else w, rc.params, seed=rc.seed)
+
+
+def prepare_call(entry: MethodEntry, backend: Backend, w: Workload, params: Params, *,
                  seed: int = 0, as_layer: bool = False) -> PreparedCall:
-    """Build inputs for `w` (already shaped) and prepare `method/backend` to run `w.mode`.
+    """Build inputs for `w` (already shaped) and prepare `entry`'s `backend` to run `w.mode`.
 
     `as_layer` runs a functional method inside the generic layer (projections included), so it
     can be compared with layer methods.
     """
-    entry = METHODS.get(method)
-    backend = Backend(backend)
+    method = entry.name
     grad = w.mode != "fwd"
     t0 = time.perf_counter_ns()
     if entry.spec.kind == "layer" or as_layer:

@@ -29,11 +29,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from attnbench import device as devmod
 from attnbench import results
-from attnbench.execute import workload_for
 from attnbench.presets import Preset
 from attnbench.registry import METHODS, SUITES, UnknownNameError, load_plugins
 from attnbench.spec import Backend, Status, Workload
-from attnbench.suite import Case, Row, status_row
+from attnbench.suite import Case, ResolvedCase, Row, status_row
 
 # Warnings a benchmark triggers on purpose (eager flex is a measured backend, not a mistake).
 _EXPECTED_WARNINGS = (".*flex_attention called without torch.compile.*", ".*return_lse is deprecated.*")
@@ -122,11 +121,13 @@ class Runner:
         defaults = entry.spec.params({})
         if entry.spec.why_not(entry.spec.shape(case.workload, defaults), defaults):
             return  # impossible whatever the params (e.g. no causal form): its row records why
-        params = entry.spec.params(case.param_dict)
         try:
-            workload_for(entry, case.workload, params)
+            rc = ResolvedCase.resolve(case, METHODS)
+            why = rc.spec.why_not(rc.workload, rc.params)
         except ValueError as exc:
-            raise PlanError(f"{case.method} with {case.params} at {case.workload.id}: {exc}") from None
+            why = str(exc)
+        if why:
+            raise PlanError(f"{case.method} with {case.params} at {case.workload.id}: {why}")
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -157,18 +158,19 @@ class Runner:
         return summary
 
     def run_case(self, case: Case) -> list[dict[str, Any]]:
-        """Measure one case and return full result rows; never raises for the case's own faults."""
-        entry = METHODS.get(case.method)
+        """Measure one case and return full result rows; never raises for the case's own faults.
+
+        The case is resolved once here (method entry, backend, validated params, shaped workload);
+        the suite gets the ResolvedCase and looks nothing up again."""
         suite = SUITES.get(case.suite)
-        backend = Backend(case.backend)
         w = case.workload
         try:
-            params = entry.spec.params(case.param_dict)
-            w = entry.spec.shape(case.workload, params)
-            why = suite.applies_to(entry, backend)
+            rc = ResolvedCase.resolve(case, METHODS)
+            w = rc.workload
+            why = suite.applies_to(rc.entry, rc.backend)
             if why:
                 return self.rows(case, w, [status_row(Status.SKIPPED, why)])
-            why = entry.why_not(backend, w, params)
+            why = rc.why_not()
             if why:
                 return self.rows(case, w, [status_row(Status.UNSUPPORTED, why)])
         except ValueError as exc:
@@ -176,14 +178,14 @@ class Runner:
         torch.manual_seed(case.seed)
         if self.isolate:
             return self.rows(case, w, self._run_isolated(case))
-        return self.rows(case, w, self._run_in_process(suite, case))
+        return self.rows(case, w, self._run_in_process(suite, rc))
 
-    def _run_in_process(self, suite: Any, case: Case) -> list[Row]:
+    def _run_in_process(self, suite: Any, rc: ResolvedCase) -> list[Row]:
         try:
             with _time_limit(self.timeout_s), warnings.catch_warnings():
                 for message in _EXPECTED_WARNINGS:
                     warnings.filterwarnings("ignore", message=message)
-                return suite.run(case)
+                return suite.run(rc)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 — every fault becomes a status row
@@ -209,7 +211,7 @@ class Runner:
         base = {
             "run_id": self.run_id, "created_at": datetime.now(UTC), "suite": case.suite,
             "suite_version": case.suite_version, "case_id": case.case_id, "method": case.method,
-            "family": entry.spec.family, "backend": case.backend, "params": case.params,
+            "family": entry.spec.family, "backend": str(case.backend), "params": case.params,
             "workload_id": w.id, "batch": w.batch, "heads": w.heads_q, "kv_heads": w.heads_kv,
             "seq_len": w.seq_q, "seq_kv": w.seq_kv, "head_dim": w.head_dim, "dtype": w.dtype,
             "causal": w.causal, "mode": w.mode, "seed": case.seed, "preset": case.preset,

@@ -8,9 +8,9 @@ import sys
 
 import torch
 
-from attnbench.registry import SUITES, load_plugins
+from attnbench.registry import METHODS, SUITES, load_plugins
 from attnbench.runner import classify, row_to_json
-from attnbench.suite import Case, status_row
+from attnbench.suite import Case, ResolvedCase, status_row
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     case = Case.from_json(sys.stdin.read())
     torch.manual_seed(case.seed)
     try:
-        rows = SUITES.get(case.suite).run(case)
+        rows = SUITES.get(case.suite).run(ResolvedCase.resolve(case, METHODS))
     except Exception as exc:  # noqa: BLE001 — reported as a status row
         rows = [status_row(*classify(exc))]
     print(json.dumps([row_to_json(r) for r in rows]))

@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 
-from attnbench.execute import workload_for
 from attnbench.inputs import make_qkv, make_x
 from attnbench.kernelsuite import KernelSuite
 from attnbench.layers import build_layer
 from attnbench.metrics import info
-from attnbench.registry import METHODS, MethodEntry, register_suite
+from attnbench.registry import MethodEntry, register_suite
 from attnbench.spec import Backend, Status, Tolerance, Workload, run_params
-from attnbench.suite import Case, Row
+from attnbench.suite import ResolvedCase, Row
 
 
 @dataclass
@@ -79,11 +78,9 @@ class Correctness(KernelSuite):
     )
     include_reference = False
 
-    def run(self, case: Case) -> list[Row]:
-        entry = METHODS.get(case.method)
-        params = entry.spec.params(case.param_dict)
-        w = workload_for(entry, case.workload, params).replace(mode="fwd")
-        backend = Backend(case.backend)
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        entry, params, case, backend = rc.entry, rc.params, rc.case, rc.backend
+        w = rc.workload.replace(mode="fwd")
         grads = entry.why_not(backend, w.replace(mode="bwd"), params) is None
         state = None
         if entry.spec.kind == "layer":

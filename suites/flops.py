@@ -6,13 +6,13 @@ layer methods, whose counts include their own projections).
 
 from __future__ import annotations
 
-from attnbench.execute import prepare_call, workload_for
+from attnbench.execute import prepare_case
 from attnbench.flops import counted_flops, dense_flops, projection_flops
 from attnbench.kernelsuite import KernelSuite
 from attnbench.metrics import info
-from attnbench.registry import METHODS, register_suite
+from attnbench.registry import register_suite
 from attnbench.spec import Backend
-from attnbench.suite import Case, Row
+from attnbench.suite import ResolvedCase, Row
 
 # FlopCounterMode raises inside flex_attention, and a failed trace under it poisons dynamo's cache.
 UNCOUNTABLE = (Backend.FLEX, Backend.FLEX_COMPILED)
@@ -32,10 +32,9 @@ class Flops(KernelSuite):
         info("kv_cache_bytes", "B", label="KV cache"),
     )
 
-    def run(self, case: Case) -> list[Row]:
-        entry = METHODS.get(case.method)
-        params = entry.spec.params(case.param_dict)
-        w = workload_for(entry, case.workload, params).replace(mode="fwd")
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        entry, params = rc.entry, rc.params
+        w = rc.workload.replace(mode="fwd")
         fc = entry.spec.flops(w, params) if entry.spec.flops else dense_flops(w)
         dense = dense_flops(w.replace(heads_kv=w.heads_q)).useful
         if entry.spec.kind == "layer":  # layer methods count their projections: compare with the mha layer
@@ -46,9 +45,9 @@ class Flops(KernelSuite):
             rows.append(Row("flops_executed", fc.executed, "FLOP"))
         if entry.spec.kv_cache_bytes:
             rows.append(Row("kv_cache_bytes", float(entry.spec.kv_cache_bytes(w, params)), "B"))
-        if case.backend in UNCOUNTABLE:
+        if rc.backend in UNCOUNTABLE:
             return rows
-        call = prepare_call(case.method, Backend(case.backend), w, params, seed=case.seed)
+        call = prepare_case(rc, w)
         counted = counted_flops(call.call)
         if counted:  # None: not countable (flex); 0: ops the counter has no formula for
             rows += [Row("flops_counted", counted, "FLOP"),

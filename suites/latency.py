@@ -1,8 +1,8 @@
 """Latency suite: steady-state time per call (fwd, bwd, fwd_bwd), setup time apart, derived rates.
 
 Rows: latency_ms (median, p20/p80, every sample), setup_ms (compile / mask build / routing),
-tflops and pct_peak from the analytic useful FLOPs, speedup_vs_dense against `mha/sdpa` on the
-same shape timed in alternation with the case (layer methods: against the mha layer, projections
+tflops and pct_peak from the analytic useful FLOPs, speedup_vs_dense against `metrics.DENSE_BASELINE`
+(mha/sdpa) on the same shape timed in alternation with the case (layer methods: against the mha layer, projections
 included), speedup_bound (dense FLOPs / executed FLOPs) and
 realisation (speedup / bound).
 """
@@ -12,18 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 from attnbench.device import capture, peak_tflops
-from attnbench.execute import prepare_call, workload_for
+from attnbench.execute import dense_baseline, prepare_call, prepare_case
 from attnbench.flops import dense_flops, projection_flops
 from attnbench.kernelsuite import KernelSuite
 from attnbench.metrics import HIGHER, MetricSpec, info, lower
-from attnbench.registry import METHODS, register_suite
-from attnbench.spec import Backend, FlopCount, Workload
-from attnbench.suite import Case, Row
+from attnbench.registry import register_suite
+from attnbench.spec import AttentionSpec, FlopCount, Params, Workload
+from attnbench.suite import ResolvedCase, Row
 from attnbench.timing import bench, bench_interleaved
 
 # Backward ≈ 2.5× forward FLOPs (two matmuls for dS·K, dS·Q plus recomputation), as FA-2 counts.
 MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
-DENSE = ("mha", Backend.SDPA)
 
 
 def timing_options(section: dict[str, Any]) -> dict[str, Any]:
@@ -31,8 +30,7 @@ def timing_options(section: dict[str, Any]) -> dict[str, Any]:
     return {k: section[k] for k in keys if k in section}
 
 
-def method_flops(method: str, w: Workload, params: dict[str, Any]) -> FlopCount:
-    spec = METHODS.get(method).spec
+def method_flops(spec: AttentionSpec, w: Workload, params: Params) -> FlopCount:
     return spec.flops(w, params) if spec.flops else dense_flops(w)
 
 
@@ -54,20 +52,19 @@ class Latency(KernelSuite):
     def options(self, section: dict[str, Any]) -> dict[str, Any]:
         return timing_options(section)
 
-    def run(self, case: Case) -> list[Row]:
-        entry = METHODS.get(case.method)
-        params = entry.spec.params(case.param_dict)
-        w = workload_for(entry, case.workload, params)
-        call = prepare_call(case.method, case.backend, w, params, seed=case.seed)
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        entry, params, w, case = rc.entry, rc.params, rc.workload, rc.case
+        call = prepare_case(rc)
         dense_w = case.workload.replace(heads_kv=case.workload.heads_q)
-        if (case.method, case.backend) == DENSE and dense_w == w:
-            t = base = bench(call.call, device=w.device, **case.option_dict)
+        dense_entry, dense_backend = dense_baseline()
+        if (entry, rc.backend) == (dense_entry, dense_backend) and dense_w == w:
+            t = base = bench(call.call, device=w.device, **rc.options)
         else:  # the dense baseline is timed in alternation with the case: same run, same noise
-            dense = prepare_call(*DENSE, dense_w, {}, as_layer=entry.spec.kind == "layer")
-            t, base = bench_interleaved([call.call, dense.call], device=w.device, **case.option_dict)
+            dense = prepare_call(dense_entry, dense_backend, dense_w, {}, as_layer=entry.spec.kind == "layer")
+            t, base = bench_interleaved([call.call, dense.call], device=w.device, **rc.options)
         rows = [Row("latency_ms", t.median, "ms", "median", t.n, t.p20, t.p80, t.samples_ms),
                 Row("setup_ms", call.setup_ms, "ms")]
-        flops = method_flops(case.method, w, params)
+        flops = method_flops(entry.spec, w, params)
         factor = MODE_FLOP_FACTOR[w.mode]
         tflops = flops.useful * factor / (t.median * 1e-3) / 1e12
         rows.append(Row("tflops", tflops, "TFLOP/s", "median"))

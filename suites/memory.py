@@ -11,21 +11,19 @@ from typing import Any
 import torch
 
 from attnbench import memory
-from attnbench.execute import prepare_call, workload_for
+from attnbench.execute import prepare_case
 from attnbench.kernelsuite import KernelSuite
 from attnbench.metrics import MIB, info, lower
 from attnbench.registry import METHODS, load_plugins, register_suite
-from attnbench.suite import Case, Row
+from attnbench.suite import Case, ResolvedCase, Row
 
 
 def measure_peak(case_json: str) -> dict[str, Any]:
     """Worker entry: prepare the case, then measure one call's peak (bytes above baseline)."""
     load_plugins()
-    case = Case.from_json(case_json)
-    entry = METHODS.get(case.method)
-    params = entry.spec.params(case.param_dict)
-    w = workload_for(entry, case.workload, params)
-    call = prepare_call(case.method, case.backend, w, params, seed=case.seed)
+    rc = ResolvedCase.resolve(Case.from_json(case_json), METHODS)  # this is a fresh process
+    w = rc.workload
+    call = prepare_case(rc)
     call.call()  # warm: lazy allocations and caches are not the kernel's working set
     if w.device.startswith("cuda"):
         return {"peak": memory.cuda_peak_above_baseline(call.call)}
@@ -42,10 +40,8 @@ class Memory(KernelSuite):
         info("kv_cache_bytes", "B", label="KV cache"),
     )
 
-    def run(self, case: Case) -> list[Row]:
-        entry = METHODS.get(case.method)
-        params = entry.spec.params(case.param_dict)
-        w = workload_for(entry, case.workload, params)
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        entry, params, w, case = rc.entry, rc.params, rc.workload, rc.case
         if w.device == "cpu":
             why = memory.cpu_peak_supported()
             if why:

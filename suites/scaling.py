@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from attnbench.execute import prepare_call, workload_for
+from attnbench.execute import prepare_case, workload_for
 from attnbench.kernelsuite import KernelSuite, as_list, workloads
 from attnbench.metrics import info, lower
-from attnbench.registry import METHODS, register_suite
+from attnbench.registry import register_suite
 from attnbench.spec import Status, Workload
-from attnbench.suite import Case, Row
+from attnbench.suite import ResolvedCase, Row
 from attnbench.timing import bench
 
 
@@ -44,10 +44,9 @@ class Scaling(KernelSuite):
         smallest = min(as_list(section.get("seq_lens", [256])))
         return workloads({**section, "seq_lens": [smallest]}, device)
 
-    def run(self, case: Case) -> list[Row]:
-        entry = METHODS.get(case.method)
-        params = entry.spec.params(case.param_dict)
-        opts = case.option_dict
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        entry, params, case = rc.entry, rc.params, rc.case
+        opts = rc.options
         ns, ms, rows = [], [], []
         for n in opts.pop("seq_lens"):
             try:
@@ -56,7 +55,7 @@ class Scaling(KernelSuite):
                 rows.append(Row("latency_ms", None, "ms", status=Status.UNSUPPORTED, error=str(exc),
                                 extra={"seq_len": n, "seq_kv": n}))
                 continue
-            t = bench(prepare_call(case.method, case.backend, w, params, seed=case.seed).call,
+            t = bench(prepare_case(rc, w).call,
                       device=w.device, **opts)
             ns.append(n)
             ms.append(t.median)

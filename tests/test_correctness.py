@@ -10,7 +10,7 @@ import pytest
 
 from attnbench.registry import METHODS, SUITES
 from attnbench.spec import Backend, Workload, params_json
-from attnbench.suite import Case
+from attnbench.suite import Case, ResolvedCase
 
 WORKLOADS = [  # small; one N that is not a multiple of 64 (padding paths), grouped kv both ways
     Workload(batch=2, heads_q=2, heads_kv=2, seq_q=64, seq_kv=64, head_dim=16, causal=False),
@@ -40,7 +40,7 @@ def test_fused_matches_reference(method: str, backend: Backend, workload: Worklo
     if why:
         pytest.skip(why)
     case = Case("correctness", method, backend.value, workload, params_json({}))
-    rows = SUITES.get("correctness").run(case)
+    rows = SUITES.get("correctness").run(ResolvedCase.resolve(case, METHODS))
     bad = [r for r in rows if r.status != "ok"]
     assert not bad, bad[0].error
     assert any(r.metric == "max_abs_err" for r in rows)
