@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from attnbench.metrics import DENSE_BASELINE
 from attnbench.presets import PresetError, load_preset
 from attnbench.registry import METHODS, SUITES, UnknownNameError, load_plugins
 
@@ -160,7 +161,7 @@ def compare(
                                                             "or pytest-benchmark .json).")] = None,
     threshold: Annotated[float, typer.Option(help="Regression factor.")] = 1.10,
     alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
-    baseline: Annotated[str, typer.Option(help="Same-run baseline for cross-machine ratios.")] = "mha/sdpa",
+    baseline: Annotated[str, typer.Option(help="Same-run baseline for cross-machine ratios.")] = DENSE_BASELINE,
     fmt: Annotated[str, typer.Option("--format", help="table | md | json")] = "table",
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     ab: Annotated[str | None, typer.Option("--ab", help="Run base commit REF and the working tree "

@@ -50,6 +50,10 @@ class Preset:
         out.update(self.data.get("suite", {}).get(suite, {}))
         return out
 
+    def own_section(self, suite: str) -> dict[str, Any]:
+        """Only `[suite.<name>]` (for suites whose settings share nothing with [shapes]/[timing])."""
+        return dict(self.data.get("suite", {}).get(suite, {}))
+
     def selects(self, method: str, backend: str, suite: str | None = None) -> bool:
         """Does the preset's method/backend selection (and exclude list) take this pair?"""
         sec = self.section(suite) if suite else {}

@@ -56,7 +56,7 @@ def resolve(cls: type[T], section: Mapping[str, Any], *, where: str, tiers: Mapp
         return dataclasses.replace(base, **given) if base is not None else cls(**given)
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first.get("loc", ()))
+        loc = ".".join(str(x) for x in first.get("loc", ()) if isinstance(x, int) or x in valid)
         raise SettingsError(f"{where}.{loc}: {first.get('msg', 'invalid value')} "
                             f"(got {first.get('input')!r})") from None
     except (TypeError, ValueError) as exc:

@@ -14,7 +14,7 @@ from typing import Any
 from attnbench.device import capture, peak_tflops
 from attnbench.execute import dense_baseline, prepare_call, prepare_case
 from attnbench.flops import dense_flops, projection_flops
-from attnbench.kernelsuite import KernelSuite
+from attnbench.kernelsuite import KernelSettings, KernelSuite, timing_options
 from attnbench.metrics import HIGHER, MetricSpec, info, lower
 from attnbench.registry import register_suite
 from attnbench.spec import AttentionSpec, FlopCount, Params, Workload
@@ -23,11 +23,6 @@ from attnbench.timing import bench, bench_interleaved
 
 # Backward ≈ 2.5× forward FLOPs (two matmuls for dS·K, dS·Q plus recomputation), as FA-2 counts.
 MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
-
-
-def timing_options(section: dict[str, Any]) -> dict[str, Any]:
-    keys = ("min_time_s", "max_reps", "warmup_s", "cuda_graphs")
-    return {k: section[k] for k in keys if k in section}
 
 
 def method_flops(spec: AttentionSpec, w: Workload, params: Params) -> FlopCount:
@@ -49,8 +44,8 @@ class Latency(KernelSuite):
         MetricSpec("realisation", "ratio", HIGHER, timed=True, label="realisation"),
     )
 
-    def options(self, section: dict[str, Any]) -> dict[str, Any]:
-        return timing_options(section)
+    def options(self, s: KernelSettings, section: dict[str, Any]) -> dict[str, Any]:
+        return timing_options(s, section)
 
     def run(self, rc: ResolvedCase) -> list[Row]:
         entry, params, w, case = rc.entry, rc.params, rc.workload, rc.case

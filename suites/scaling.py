@@ -7,11 +7,12 @@ One case per method × backend × (batch, heads, dtype, causal, mode); `seq_lens
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 from attnbench.execute import prepare_case, workload_for
-from attnbench.kernelsuite import KernelSuite, as_list, workloads
+from attnbench.kernelsuite import KernelSettings, KernelSuite, as_list, timing_options, workloads
 from attnbench.metrics import info, lower
 from attnbench.registry import register_suite
 from attnbench.spec import Status, Workload
@@ -35,14 +36,12 @@ class Scaling(KernelSuite):
         info("cost_exponent", label="cost exponent"),
     )
 
-    def options(self, section: dict[str, Any]) -> dict[str, Any]:
-        keys = ("min_time_s", "max_reps", "warmup_s")
-        return {"seq_lens": sorted(as_list(section.get("seq_lens", [256, 512, 1024]))),
-                **{k: section[k] for k in keys if k in section}}
+    def options(self, s: KernelSettings, section: dict[str, Any]) -> dict[str, Any]:
+        sweep = as_list(s.seq_lens) if "seq_lens" in section else [256, 512, 1024]
+        return {"seq_lens": sorted(sweep), **timing_options(s, section, ("min_time_s", "max_reps", "warmup_s"))}
 
-    def case_workloads(self, section: dict[str, Any], device: str) -> list[Workload]:
-        smallest = min(as_list(section.get("seq_lens", [256])))
-        return workloads({**section, "seq_lens": [smallest]}, device)
+    def case_workloads(self, s: KernelSettings, device: str) -> list[Workload]:
+        return workloads(dataclasses.replace(s, seq_lens=[min(as_list(s.seq_lens))]), device)
 
     def run(self, rc: ResolvedCase) -> list[Row]:
         entry, params, case = rc.entry, rc.params, rc.case
