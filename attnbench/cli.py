@@ -263,3 +263,7 @@ def results_compact(folder: Annotated[Path, typer.Argument(help="Results folder.
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -42,6 +42,8 @@ class MetricSpec:
         role: what the leaderboard's aggregates use it for: "time" (the per-call time that
             rankings and win rates compare), "speedup" (ratio to DENSE_BASELINE, counted by fast_p),
             "error" (numerical error against the reference); "" for none.
+        same_run_ratio: already a ratio to DENSE_BASELINE timed in the same run, so the gate never
+            re-normalises it when the two sides come from different machines.
     """
 
     name: str
@@ -52,6 +54,7 @@ class MetricSpec:
     label: str = ""
     headline: bool = False
     role: str = ""
+    same_run_ratio: bool = False
 
     @property
     def is_pattern(self) -> bool:

@@ -39,9 +39,9 @@ class Latency(KernelSuite):
         MetricSpec("tflops", "TFLOP/s", HIGHER, timed=True, label="TFLOP/s", headline=True),
         MetricSpec("pct_peak", "%", HIGHER, timed=True, label="% of peak", headline=True),
         MetricSpec("speedup_vs_dense", "x", HIGHER, timed=True, label="speedup vs dense", headline=True,
-                   role="speedup"),
+                   role="speedup", same_run_ratio=True),
         info("speedup_bound", "x", label="speedup bound"),
-        MetricSpec("realisation", "ratio", HIGHER, timed=True, label="realisation"),
+        MetricSpec("realisation", "ratio", HIGHER, timed=True, label="realisation", same_run_ratio=True),
     )
 
     def options(self, s: KernelSettings, section: dict[str, Any]) -> dict[str, Any]:

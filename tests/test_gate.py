@@ -17,6 +17,7 @@ import pytest
 from rich.console import Console
 
 from attnbench import gate, results
+from attnbench.metrics import HIGHER, LOWER, metric_table
 
 PAIRS = [("mha", "sdpa"), ("mha", "reference"), ("window", "flex")]
 SEQ = (128, 256)
@@ -195,8 +196,9 @@ def test_metric_directions(tmp_path: Path) -> None:
     up = gate.compare([base], [better])
     assert up.exit_code == 0
     assert {e.metric for e in by_verdict(up, "improvement")} == {"accuracy", "latency_ms"}
-    assert gate.direction("peak_mem_bytes") == gate.LOWER and gate.direction("top1") == gate.HIGHER
-    assert gate.direction("flops_useful") is None and gate.direction("max_abs_err") is None
+    table = metric_table()
+    assert table.direction("peak_mem_bytes") == LOWER and table.direction("top1") == HIGHER
+    assert table.direction("flops_useful") is None and table.direction("max_abs_err") is None
 
 
 def test_machine_mismatch_compares_ratios_to_the_baseline(tmp_path: Path) -> None:
