@@ -1,13 +1,16 @@
-"""The report's data model: merged results → per-device tables of display cells and aggregates.
+"""The report's primitives: merged results → display cells, generic tables, shapes and aggregates.
 
 Everything here is plain data (no HTML): `Cell`s carry the text, a numeric sort key, a CSS class
-and a tooltip; the templates escape every string. Unknown metrics and suites get generic tables.
+and a tooltip; the templates escape every string. What a metric means (label, order, direction,
+role) comes from `reports.meaning`; unknown metrics and suites get generic tables.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,56 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attnbench import gate
+from attnbench.metrics import DENSE_BASELINE
+from attnbench.reports.meaning import catalog
 
 SHAPE = ["batch", "heads", "head_dim", "dtype", "causal", "mode", "seq_len"]
-KERNEL_SUITES = ("latency", "memory", "flops", "correctness", "scaling")
-DENSE = "mha/sdpa"
-# Known metrics in display order, with short labels; unknown metrics follow, alphabetically.
-METRIC_LABELS = {
-    "latency_ms": "latency",
-    "setup_ms": "setup",
-    "tflops": "TFLOP/s",
-    "pct_peak": "% of peak",
-    "speedup_vs_dense": "speedup vs dense",
-    "speedup_bound": "speedup bound",
-    "realisation": "realisation",
-    "peak_mem_bytes": "peak memory",
-    "attn_matrix_bytes": "attn matrix",
-    "kv_cache_bytes": "KV cache",
-    "flops_useful": "FLOPs useful",
-    "flops_executed": "FLOPs executed",
-    "flops_counted": "FLOPs counted",
-    "flops_counted_ratio": "counted / analytic",
-    "max_abs_err": "max abs err",
-    "max_rel_err": "max rel err",
-    "grad_max_abs_err": "grad max abs err",
-    "cost_exponent": "cost exponent",
-    "accuracy": "accuracy",
-    "top1": "top-1",
-    "top5": "top-5",
-    "mse": "MSE",
-    "mqar_acc": "MQAR accuracy",
-    "niah_acc_in_range": "NIAH accuracy",
-    "niah_acc_extrap": "NIAH extrapolation",
-    "icl_mse": "ICL MSE",
-    "icl_garg_mse": "ICL error / d (Garg)",
-    "niah_k4v1q1_acc_in_range": "NIAH multi-key",
-    "niah_k1v2q1_acc_in_range": "NIAH multi-value",
-    "niah_k4v1q2_acc_in_range": "NIAH multi-query",
-    "flops_per_image": "FLOPs / image",
-    "pope_adversarial_f1": "POPE adversarial F1",
-    "chair_i": "CHAIR-i",
-}
-# The accuracy-proxy metrics the leaderboard shows per suite (others are on the suite pages); a
-# suite not listed shows its shortest gated non-timing metric.
-PROXY_HEADLINE = {
-    "mqar": ("mqar_acc",),
-    "niah": ("niah_acc_in_range", "niah_k4v1q1_acc_in_range", "niah_k1v2q1_acc_in_range", "niah_k4v1q2_acc_in_range"),
-    "icl_regression": ("icl_mse", "icl_garg_mse"),
-    "image_cls": ("top1",),
-    "hallucination": ("pope_adversarial_f1", "chair_i"),
-}
 ERROR_STATUSES = ("wrong", "oom", "error", "timeout", "unsupported", "skipped")
 
 
@@ -127,13 +84,22 @@ def fmt(metric: str, unit: str, v: float | None) -> str:
 
 
 def metric_label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric.replace("_", " "))
+    return catalog().label(metric)
 
 
-def metric_order(metrics: Iterable[str]) -> list[str]:
-    known = list(METRIC_LABELS)
-    ms = set(metrics) - {"status"}
-    return [m for m in known if m in ms] + sorted(ms - set(known))
+def metric_order(metrics: Iterable[str], suite: str | None = None) -> list[str]:
+    """Declaration order (`suite`'s own first); undeclared metrics last, alphabetically; no `status`."""
+    return catalog().order(metrics, suite)
+
+
+def slug(name: str, used: set[str]) -> str:
+    """A file/anchor-safe name, unique within `used` (which it extends)."""
+    base = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-.")[:48] or "x"
+    s = base if base == name else f"{base}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+    while s in used:
+        s += "-"
+    used.add(s)
+    return s
 
 
 def value_cell(row: pd.Series) -> Cell:
@@ -243,26 +209,34 @@ def pick_cell(rows: pd.DataFrame, pair: str, metric: str, agg: str = "first") ->
     return empty_cell()
 
 
-def fast_p(lat: pd.DataFrame, pair: str, p: float, wrong: set[str]) -> tuple[float, int]:
-    """Share of `pair`'s latency cases that ran ok, are correct and beat dense by more than `p`×."""
+def fast_p(lat: pd.DataFrame, pair: str, p: float, wrong: set[str], speedup: str | None = None) -> tuple[float, int]:
+    """Share of `pair`'s timed cases that ran ok, are correct and beat dense by more than `p`×.
+
+    `lat`: the timing suite's rows; `speedup`: its ratio-to-dense metric (default: the declared one).
+    """
+    speedup = speedup or catalog().speedup_metric
     mine = lat[lat["pair"] == pair]
     cases = mine["case_id"].unique()
     if not len(cases):
         return float("nan"), 0
     if pair in wrong:
         return 0.0, len(cases)
-    sp = mine[(mine["metric"] == "speedup_vs_dense") & (mine["status"] == "ok")]
+    sp = mine[(mine["metric"] == speedup) & (mine["status"] == "ok")]
     return float((sp.groupby("case_id")["value"].first() > p).sum()) / len(cases), len(cases)
 
 
-def win_rates(lat: pd.DataFrame) -> dict[str, float]:
-    """Pairwise win rate on shared shapes: faster = win, tie = ½, failing where another ran = loss."""
+def win_rates(lat: pd.DataFrame, time: str | None = None) -> dict[str, float]:
+    """Pairwise win rate on shared shapes: faster = win, tie = ½, failing where another ran = loss.
+
+    `lat`: the timing suite's rows; `time`: its per-call time metric (default: the declared one).
+    """
+    time = time or catalog().time_metric
     wins: dict[str, float] = {}
     games: dict[str, int] = {}
     for _, g in lat.groupby(SHAPE, dropna=False):
         times: dict[str, float] = {}
         for pair, pg in g.groupby("pair"):
-            ok = pg[(pg["metric"] == "latency_ms") & (pg["status"] == "ok") & pg["value"].notna()]
+            ok = pg[(pg["metric"] == time) & (pg["status"] == "ok") & pg["value"].notna()]
             times[str(pair)] = float(ok["value"].iloc[0]) if len(ok) else math.inf
         pairs = list(times)
         for a in pairs:
@@ -281,7 +255,8 @@ def fraction_cell(x: float, n: int, what: str) -> Cell:
 
 
 def wrong_pairs(df: pd.DataFrame) -> set[str]:
-    return set(df.loc[(df["suite"] == "correctness") & (df["status"] == "wrong"), "pair"])
+    """Method/backends that computed a wrong result in a suite that checks numerics (role "error")."""
+    return set(df.loc[df["suite"].isin(catalog().error_suites) & (df["status"] == "wrong"), "pair"])
 
 
 def row_identity(df: pd.DataFrame) -> pd.Series:
@@ -300,7 +275,8 @@ def pivot_table(
     caption: str = "",
 ) -> Table:
     """Generic table: one row per case (and overridden shape), one column per metric, plus status."""
-    metrics = metric_order(rows["metric"].unique())
+    suites = rows["suite"].unique()
+    metrics = metric_order(rows["metric"].unique(), str(suites[0]) if len(suites) == 1 else None)
     cols = [("method", "method name"), ("backend", "implementation"), ("family", "method family")]
     if show_suite:
         cols.append(("suite", "suite"))
@@ -346,36 +322,10 @@ def _num(x: Any) -> float | None:
     return None if x is None or pd.isna(x) else float(x)
 
 
-def proxy_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """(suite, metric) of the accuracy-proxy suites shown on the leaderboard (means per method)."""
-    out = []
-    prox = df[~df["suite"].isin((*KERNEL_SUITES, "pytest_benchmark")) & (df["status"] == "ok")]
-    for suite, g in prox.groupby("suite"):
-        units = g.groupby("metric")["unit"].first()
-        chosen = [m for m in PROXY_HEADLINE.get(str(suite), ()) if m in units.index]
-        if not chosen:
-            scored = [
-                m
-                for m, u in units.items()
-                if gate.direction(m, u) and not gate.is_timed(m, u) and not m.endswith("_bytes") and "_curve_" not in m
-            ]
-            chosen = sorted(scored, key=lambda m: (gate.direction(m, units[m]) != gate.HIGHER, len(m), m))[:1]
-        out += [(str(suite), m) for m in chosen]
-    return out
-
-
-def proxy_label(suite: str, metric: str) -> str:
-    return METRIC_LABELS[metric] if metric in METRIC_LABELS else f"{suite} {metric_label(metric)}"
-
-
-def higher_is_better(metric: str, unit: str = "") -> bool:
-    return gate.direction(metric, unit) == gate.HIGHER
-
-
 def pairs_of(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(pair, method, backend) in display order: dense baseline first, then by method name."""
     seen = df.drop_duplicates("pair")[["pair", "method", "backend"]].itertuples(index=False)
-    return sorted(((p, m, b) for p, m, b in seen), key=lambda t: (t[0] != DENSE, t[1], t[2]))
+    return sorted(((p, m, b) for p, m, b in seen), key=lambda t: (t[0] != DENSE_BASELINE, t[1], t[2]))
 
 
 def series(rows: pd.DataFrame, metric: str, x: str = "seq_len") -> dict[str, list[tuple[float, float]]]:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.reports import data as D
+from attnbench.reports.meaning import catalog
 from attnbench.reports.plots import Plot, PlotWriter
 
 MAX_GROUP_PLOTS = 4  # shape groups plotted per suite and device
@@ -20,24 +21,30 @@ class SuiteFigures:
     def __init__(self, plots: PlotWriter) -> None:
         self.plots = plots
 
-    def pareto_plots(self, dd: pd.DataFrame, dev: str, shape: dict[str, Any] | None) -> list[Plot]:
-        lat = D.at_shape(dd[dd["suite"] == "latency"], shape)
-        lat = lat[(lat["metric"] == "latency_ms") & (lat["status"] == "ok")]
+    def pareto_plots(
+        self, dd: pd.DataFrame, dev: str, suite: str, time: str, shape: dict[str, Any] | None
+    ) -> list[Plot]:
+        """Each higher-is-better proxy score against the fastest backend's `time` (of `suite`, at `shape`)."""
+        lat = D.at_shape(dd[dd["suite"] == suite], shape)
+        lat = lat[(lat["metric"] == time) & (lat["status"] == "ok")]
+        cat = catalog()
+        unit = cat.unit(time)
+        fastest = f"fastest backend {cat.label(time)}" + (f" ({unit})" if unit else "")
         if lat.empty:
             return []
         best = lat.groupby("method")["value"].min()
         out = []
-        for suite, metric in D.proxy_columns(dd):
-            if not D.higher_is_better(metric):
+        for proxy, metric in cat.proxy_columns(dd):
+            if not cat.higher_is_better(metric):
                 continue
-            score = dd[(dd["suite"] == suite) & (dd["metric"] == metric) & (dd["status"] == "ok")]
+            score = dd[(dd["suite"] == proxy) & (dd["metric"] == metric) & (dd["status"] == "ok")]
             score = score.groupby("method")["value"].mean()
             pts = [(m, float(best[m]), float(score[m])) for m in score.index if m in best.index]
-            what = D.proxy_label(suite, metric)
+            what = cat.proxy_label(proxy, metric)
             p = self.plots.pareto(
                 pts,
                 title=f"{what} vs latency — {dev}",
-                xlabel=f"fastest backend latency (ms) at {D.shape_label(shape or {})}",
+                xlabel=f"{fastest} at {D.shape_label(shape or {})}",
                 ylabel=f"{what} (mean over cases)",
             )
             if p:
@@ -46,13 +53,15 @@ class SuiteFigures:
 
     # -- suites ---------------------------------------------------------------------------
     def suite_plots(self, rows: pd.DataFrame, suite: str, dev: str) -> list[Plot]:
-        """Timing/memory and headline scores vs sequence length, error curves, depth heatmaps."""
+        """Costs (log axes) and headline scores vs sequence length, error curves, depth heatmaps."""
         plots: list[Plot] = []
-        headline = [m for s, m in D.proxy_columns(rows) if s == suite]
-        for metric in D.metric_order(rows["metric"].unique()):
-            if metric not in ("latency_ms", "peak_mem_bytes", *headline):
+        cat = catalog()
+        costs = cat.costs(suite)
+        headline = [m for s, m in cat.proxy_columns(rows) if s == suite]
+        for metric in cat.order(rows["metric"].unique(), suite):
+            if metric not in (*costs, *headline):
                 continue
-            log = metric in ("latency_ms", "peak_mem_bytes")
+            log = metric in costs
             mrows = rows[rows["metric"] == metric]
             for key in varying_params(mrows):  # e.g. a param sweep: the line is the median over it
                 mrows = mrows.assign(params=mrows["params"].map(lambda s, key=key: _without(s, key)))

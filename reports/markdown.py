@@ -1,15 +1,17 @@
-"""Markdown summary of results (for READMEs and PR comments): the leaderboard of each device."""
+"""Markdown summary of results (for READMEs and PR comments): the leaderboard of each device.
+
+Renders the same model as the site (`reports.leaderboard`), without writing any file.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from attnbench.benchjson import load_inputs
-from attnbench.gate import md_escape
+from attnbench.markdown import md_escape
 from attnbench.reports import data as D
+from attnbench.reports.leaderboard import Results, leaderboard, run_summary
 
 
 def table_markdown(t: D.Table) -> str:
@@ -34,26 +36,23 @@ def markdown_summary(inputs: Sequence[str | os.PathLike[str]]) -> str:
         attnbench.results.SchemaError: a file of an unknown schema major version.
         FileNotFoundError: an input does not exist.
     """
-    from attnbench.reports.site import SiteBuilder
-
     df = load_inputs(inputs)
     if df.empty:
         return "## attnbench results\n\nNo result rows.\n"
-    with tempfile.TemporaryDirectory() as tmp:
-        b = SiteBuilder(df, Path(tmp))
-        parts = ["## attnbench results", ""]
-        parts += [f"> {md_escape(w)}" for w in b.warnings]
-        for run in b.run_summary():
-            board, _, shapes = b.leaderboard(run["device"])
-            parts += [
-                f"### {md_escape(run['device'])}",
-                "",
-                f"{run['runs']} run(s), {run['rows']} rows; case statuses: {md_escape(run['statuses'])}.",
-            ]
-            if shapes["latency"]:
-                parts.append(
-                    f"Latency columns at {md_escape(D.shape_label(shapes['latency']))}; "
-                    "fast₁ = share of latency cases correct and faster than dense."
-                )
-            parts += ["", table_markdown(board), ""]
+    res = Results.of(df)
+    parts = ["## attnbench results", ""]
+    parts += [f"> {md_escape(w)}" for w in res.warnings]
+    for run in run_summary(res):
+        lb = leaderboard(res, run["device"])
+        parts += [
+            f"### {md_escape(run['device'])}",
+            "",
+            f"{run['runs']} run(s), {run['rows']} rows; case statuses: {md_escape(run['statuses'])}.",
+        ]
+        if lb.timing_note():
+            parts.append(
+                f"{md_escape(lb.timing_note())}; "
+                f"fast₁ = share of {md_escape(lb.timing_suite or '')} cases correct and faster than dense."
+            )
+        parts += ["", table_markdown(lb.board), ""]
     return "\n".join(parts)
