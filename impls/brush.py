@@ -10,11 +10,13 @@ are unchanged.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
 from attnbench.registry import register_method
-from attnbench.spec import AttentionSpec, Capabilities, Paper
+from attnbench.spec import AttentionSpec, Capabilities, Paper, Params
 
 SPEC = AttentionSpec(
     name="brush",
@@ -54,8 +56,9 @@ def combine(o: torch.Tensor, shift: torch.Tensor, gain: torch.Tensor, tgt: torch
 
 @register_method(SPEC)
 def brush(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-          base_params: dict | None = None, lam: float = 0.3, gamma: float = 0.2, text_span: list[int] | None = None,
-          demo_span: list[int] | None = None, target_span: list[int] | None = None) -> torch.Tensor:
+          base_params: Params = MappingProxyType({}), lam: float = 0.3, gamma: float = 0.2,
+          text_span: list[int] | None = None, demo_span: list[int] | None = None,
+          target_span: list[int] | None = None) -> torch.Tensor:
     """Reference: partial products `A_{tgt,S} V_S` from the materialised P."""
     p = iv.probs(q, k, causal, {"base": base, "base_params": base_params})
     text, demo, tgt = spans(k.shape[-2], text_span, demo_span, target_span, q.device)

@@ -12,6 +12,8 @@ text→vision attention of chosen tokens.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
@@ -63,7 +65,7 @@ def edit_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, strength: float,
 
 @register_method(SPEC)
 def consistedit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-                base_params: dict | None = None, strength: float = 1.0, qk_structure: bool = True,
+                base_params: Params = MappingProxyType({}), strength: float = 1.0, qk_structure: bool = True,
                 img_span: list[int] | None = None, edit_span: list[int] | None = None) -> torch.Tensor:
     """Reference: edited q, k, v through the base's materialised probabilities."""
     q, k, v = edit_qkv(q, k, v, strength, qk_structure, img_span, edit_span)

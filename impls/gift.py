@@ -12,12 +12,13 @@ query token counts (no POS tagger for content words).
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import torch
 
 from attnbench import intervene as iv
 from attnbench.registry import register_method
-from attnbench.spec import AttentionSpec, Capabilities, Paper
+from attnbench.spec import AttentionSpec, Capabilities, Paper, Params
 
 SPEC = AttentionSpec(
     name="gift",
@@ -75,7 +76,7 @@ def log_gains(sal: torch.Tensor, img: torch.Tensor, qmask: torch.Tensor, alpha: 
 
 @register_method(SPEC)
 def gift(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-         base_params: dict | None = None, alpha: float = 5.0, query_gain: float | None = None,
+         base_params: Params = MappingProxyType({}), alpha: float = 5.0, query_gain: float | None = None,
          head_frac: float = 0.5, img_span: list[int] | None = None, query_span: list[int] | None = None
          ) -> torch.Tensor:
     """Reference: saliency from the materialised P, then `softmax(s + log gains) v`."""

@@ -12,12 +12,13 @@ released code, spec [unverified]): `α_h = α·minmax_h(visual mass of head h)`.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import torch
 
 from attnbench import intervene as iv
 from attnbench.registry import register_method
-from attnbench.spec import AttentionSpec, Capabilities, Paper
+from attnbench.spec import AttentionSpec, Capabilities, Paper, Params
 
 SPEC = AttentionSpec(
     name="imbalance_fix",
@@ -65,8 +66,9 @@ def edit_last_row(s: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, a_h:
 
 @register_method(SPEC)
 def imbalance_fix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-                  base_params: dict | None = None, alpha: float = 0.7, beta: float = 0.3, top_frac: float = 0.25,
-                  head_modulation: bool = True, img_span: list[int] | None = None) -> torch.Tensor:
+                  base_params: Params = MappingProxyType({}), alpha: float = 0.7, beta: float = 0.3,
+                  top_frac: float = 0.25, head_modulation: bool = True,
+                  img_span: list[int] | None = None) -> torch.Tensor:
     """Reference: materialised logits, last row edited, softmax, `P v`."""
     s = iv.logits(q, k, causal, {"base": base, "base_params": base_params})
     img = iv.img_mask(img_span, k.shape[-2], q.device)

@@ -8,11 +8,13 @@ In the selected heads the attention map is interpolated toward the identity, `A'
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
 from attnbench.registry import register_method
-from attnbench.spec import AttentionSpec, Capabilities, Paper
+from attnbench.spec import AttentionSpec, Capabilities, Paper, Params
 
 SPEC = AttentionSpec(
     name="softpag",
@@ -41,7 +43,7 @@ def _gate(q: torch.Tensor, strength: float, heads: list[int] | None) -> torch.Te
 
 @register_method(SPEC)
 def softpag(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-            base_params: dict | None = None, strength: float = 0.5,
+            base_params: Params = MappingProxyType({}), strength: float = 0.5,
             heads: list[int] | None = None) -> torch.Tensor:
     """Reference: materialise the base's `P [B, H, N, N]`, mix with the identity, multiply by v."""
     p = iv.probs(q, k, causal, {"base": base, "base_params": base_params})

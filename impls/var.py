@@ -11,11 +11,13 @@ model level by `attnbench.hallucination.apply_intervention`; the functional form
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
 from attnbench.registry import register_method
-from attnbench.spec import AttentionSpec, Capabilities, Paper
+from attnbench.spec import AttentionSpec, Capabilities, Paper, Params
 
 SPEC = AttentionSpec(
     name="var",
@@ -48,7 +50,7 @@ def selected_rows(m_vis: torch.Tensor, m_t: torch.Tensor, summ: float, rho: floa
 
 @register_method(SPEC)
 def var(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-        base_params: dict | None = None, keep_frac: float = 0.6, sinks: list[int] = (0,), summ: float = 0.2,
+        base_params: Params = MappingProxyType({}), keep_frac: float = 0.6, sinks: list[int] = (0,), summ: float = 0.2,
         rho: float = 0.5, img_span: list[int] | None = None,
         except_last_layer: bool = True) -> torch.Tensor:
     """Reference: edit the materialised `P [B, H, N, N]` row by row, then `P' v`."""

@@ -10,11 +10,13 @@ the earlier layers were reinforced, as the paper does layer by layer.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
 from attnbench.registry import register_method
-from attnbench.spec import AttentionSpec, Capabilities, Paper
+from attnbench.spec import AttentionSpec, Capabilities, Paper, Params
 
 SPEC = AttentionSpec(
     name="vhr",
@@ -64,7 +66,7 @@ def reinforce(o: torch.Tensor, o_last_noimg: torch.Tensor, alpha: float, z: floa
 
 @register_method(SPEC)
 def vhr(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-        base_params: dict | None = None, alpha: float = 2.0, outlier_z: float = 1.0,
+        base_params: Params = MappingProxyType({}), alpha: float = 2.0, outlier_z: float = 1.0,
         img_span: list[int] | None = None) -> torch.Tensor:
     """Reference: both branches from materialised probabilities, then per-head scaling."""
     params = {"base": base, "base_params": base_params}

@@ -3,18 +3,20 @@ gives the boosts `A_{tgt,S} V_S = exp(lse_S − lse_all)·O_S` and the head scor
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
 from attnbench.impls.brush import SPEC, combine, head_gain, spans
 from attnbench.ops import flex_can_run
 from attnbench.registry import register_backend
-from attnbench.spec import Backend
+from attnbench.spec import Backend, Params
 
 
 @register_backend(SPEC, Backend.FLEX, can_run=flex_can_run)
 def brush_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-               base_params: dict | None = None, lam: float = 0.3, gamma: float = 0.2,
+               base_params: Params = MappingProxyType({}), lam: float = 0.3, gamma: float = 0.2,
                text_span: list[int] | None = None, demo_span: list[int] | None = None,
                target_span: list[int] | None = None) -> torch.Tensor:
     params = {"base": base, "base_params": base_params}

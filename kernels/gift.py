@@ -3,18 +3,20 @@ with `score_mod = s + logG[b, kv]` (identity 1: multiply-then-renormalise == add
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
 from attnbench.impls.gift import SPEC, log_gains, query_rows, saliency
 from attnbench.ops import flex_can_run
 from attnbench.registry import register_backend
-from attnbench.spec import Backend
+from attnbench.spec import Backend, Params
 
 
 @register_backend(SPEC, Backend.FLEX, can_run=flex_can_run)
 def gift_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-              base_params: dict | None = None, alpha: float = 5.0, query_gain: float | None = None,
+              base_params: Params = MappingProxyType({}), alpha: float = 5.0, query_gain: float | None = None,
               head_frac: float = 0.5, img_span: list[int] | None = None, query_span: list[int] | None = None
               ) -> torch.Tensor:
     params = {"base": base, "base_params": base_params}

@@ -3,20 +3,22 @@ FlexAttention call with `score_mod = s + [q = last]·(α_h[b,h]·top[b,kv] + β�
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
 from attnbench.impls.imbalance_fix import SPEC, streams
 from attnbench.ops import flex_can_run
 from attnbench.registry import register_backend
-from attnbench.spec import Backend
+from attnbench.spec import Backend, Params
 
 
 @register_backend(SPEC, Backend.FLEX, can_run=flex_can_run)
 def imbalance_fix_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                       base: str = "mha", base_params: dict | None = None, alpha: float = 0.7, beta: float = 0.3,
-                       top_frac: float = 0.25, head_modulation: bool = True, img_span: list[int] | None = None
-                       ) -> torch.Tensor:
+                       base: str = "mha", base_params: Params = MappingProxyType({}), alpha: float = 0.7,
+                       beta: float = 0.3, top_frac: float = 0.25, head_modulation: bool = True,
+                       img_span: list[int] | None = None) -> torch.Tensor:
     params = {"base": base, "base_params": base_params}
     n = q.shape[-2]
     img = iv.img_mask(img_span, k.shape[-2], q.device)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
 from attnbench.impls.softpag import SPEC
 from attnbench.registry import register_backend
-from attnbench.spec import Backend
+from attnbench.spec import Backend, Params
 
 
 @register_backend(SPEC, Backend.SDPA)
 def softpag_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-                 base_params: dict | None = None, strength: float = 0.5,
+                 base_params: Params = MappingProxyType({}), strength: float = 0.5,
                  heads: list[int] | None = None) -> torch.Tensor:
     """The base's fastest fused backend (SDPA for mha), then the per-head blend with v."""
     o = iv.base_out(q, k, v, causal, {"base": base, "base_params": base_params}, fused=True)

@@ -4,19 +4,21 @@ without materialising P."""
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
 from attnbench.impls.var import SPEC, selected_rows, sets
 from attnbench.ops import flex_can_run
 from attnbench.registry import register_backend
-from attnbench.spec import Backend
+from attnbench.spec import Backend, Params
 
 
 @register_backend(SPEC, Backend.FLEX, can_run=flex_can_run)
 def var_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-             base_params: dict | None = None, keep_frac: float = 0.6, sinks: list[int] = (0,), summ: float = 0.2,
-             rho: float = 0.5, img_span: list[int] | None = None,
+             base_params: Params = MappingProxyType({}), keep_frac: float = 0.6, sinks: list[int] = (0,),
+             summ: float = 0.2, rho: float = 0.5, img_span: list[int] | None = None,
              except_last_layer: bool = True) -> torch.Tensor:
     """Masses from restricted-flex LSEs; partial outputs recombined (identity 3)."""
     params = {"base": base, "base_params": base_params}

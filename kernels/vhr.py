@@ -3,17 +3,19 @@ needed at the last query row only (one row, O(N·D) per head); head scaling is f
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from attnbench import intervene as iv
 from attnbench.impls.vhr import SPEC, last_noimg, reinforce
 from attnbench.registry import register_backend
-from attnbench.spec import Backend
+from attnbench.spec import Backend, Params
 
 
 @register_backend(SPEC, Backend.SDPA)
 def vhr_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
-             base_params: dict | None = None, alpha: float = 2.0, outlier_z: float = 1.0,
+             base_params: Params = MappingProxyType({}), alpha: float = 2.0, outlier_z: float = 1.0,
              img_span: list[int] | None = None) -> torch.Tensor:
     params = {"base": base, "base_params": base_params}
     o = iv.base_out(q, k, v, causal, params, fused=True)
