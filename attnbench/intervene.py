@@ -7,23 +7,26 @@ Every intervention takes `base` (a registered functional method, default "mha") 
 base spec (`QKᵀ/√D`, then its flex `score_mod` and `mask_mod` evaluated on broadcast index
 tensors), so any base whose flex mods are written with broadcasting torch ops composes. Spans are
 `[start, stop)` token indices (Python slice semantics, negatives allowed) or None for the
-synthetic default (image tokens = the first N/4 tokens).
+synthetic default (image tokens = the first N/4 tokens). `apply_intervention` swaps a trained model's
+attention layers for an intervention wrapping them (same weights). A method is an intervention when
+its spec `wraps_base`.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from attnbench.ops import workload_of
 from attnbench.registry import METHODS, MethodEntry
 from attnbench.spec import Backend, Params, Workload
 
 COMMON_DEFAULTS: dict[str, Any] = {"base": "mha", "base_params": {}}
-WRAPPERS = ("vhr", "var", "imbalance_fix", "softpag", "gift", "brush", "consistedit")
 _FUSED_ORDER = (Backend.SDPA, Backend.NATIVE, Backend.FLEX, Backend.REFERENCE)
 
 
@@ -70,7 +73,7 @@ def check_base(w: Workload, params: Params) -> str | None:
     """Why the wrapped base cannot run `w` (or cannot be wrapped), or None."""
     entry = base_entry(params)
     spec = entry.spec
-    if spec.name in WRAPPERS:
+    if spec.wraps_base:
         return f"base {spec.name!r} is itself an intervention"
     if spec.kind != "functional":
         return f"base {spec.name!r} is a layer method; interventions wrap functional q,k,v attention"
@@ -179,7 +182,6 @@ def rows_probs(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params, r
     return probs(q[:, :, start:stop], k, causal, params, q_offset=start)
 
 
-
 def head_mask(heads: list[int] | None, h: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Bool `[H]`: the selected heads (None = every head)."""
     out = torch.zeros(h, dtype=torch.bool, device=device)
@@ -199,3 +201,38 @@ def base_flops(calls: float = 1.0) -> Callable[[Workload, Params], Any]:
         return FlopCount(useful=calls * f.useful, executed=calls * ex, softmax=calls * f.softmax)
 
     return flops
+
+
+# -- interventions on a trained model -----------------------------------------------------------
+def apply_intervention(model: nn.Module, method: str, params: Mapping[str, Any] | None = None,
+                       backend: str = "reference", layers: Mapping[int, Mapping[str, Any]] | None = None
+                       ) -> nn.Module:
+    """A copy of `model` whose generic attention layers run `method` wrapping their trained base.
+
+    Weights are shared by value (deep copy); `params` are the intervention's (its `base` and
+    `base_params` are filled from each layer). A true `except_last_layer` in the method's params
+    leaves the last attention layer as is (VAR). `layers` (attention-layer index → param overrides)
+    wraps only the listed layers, each with its own params (HeadHunter's per-layer head sets).
+    Layer methods (own projections) cannot be wrapped: ValueError.
+    """
+    from attnbench.layers import AttentionLayer, build_layer  # layers build registered methods: import late
+
+    out = copy.deepcopy(model)
+    found = [(name, m) for name, m in out.named_modules() if isinstance(m, AttentionLayer)]
+    if not found:
+        raise ValueError("apply_intervention: the model has no generic AttentionLayer to wrap")
+    chosen = list(enumerate(found))
+    if METHODS.get(method).spec.params(params).get("except_last_layer"):
+        chosen = chosen[:-1]
+    if layers is not None:
+        chosen = [(i, nl) for i, nl in chosen if i in layers]
+    for i, (name, layer) in chosen:
+        base_p = {k: v for k, v in layer.params.items() if k != "spatial"}
+        p = {**(params or {}), **((layers or {}).get(i, {})), "base": layer.entry.name, "base_params": base_p}
+        METHODS.get(method).spec.params(p)
+        new = build_layer(method, backend, layer.n_heads * layer.head_dim, layer.n_heads,
+                          kv_heads=layer.kv_heads, causal=layer.causal, params=p)
+        new.load_state_dict(layer.state_dict())
+        parent = out.get_submodule(name.rsplit(".", 1)[0]) if "." in name else out
+        setattr(parent, name.rsplit(".", 1)[-1], new.to(next(layer.parameters()).device))
+    return out

@@ -6,7 +6,7 @@ sink token keeps `keep_frac` of its weight and the freed budget `(1−keep)·m_S
 image tokens in proportion to their weights; rows still sum to 1, text non-sink weights are unchanged.
 Sinks are key indices (`sinks`, default token 0); detecting them from hidden-state massive
 activations is `attnbench.analysis.sink_tokens`. `except_last_layer` (official config, on) is read at
-model level by `attnbench.hallucination.apply_intervention`; the functional form ignores it.
+model level by `attnbench.intervene.apply_intervention`; the functional form ignores it.
 """
 
 from __future__ import annotations

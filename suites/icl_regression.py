@@ -26,7 +26,8 @@ prefix `icl_garg` instead of `icl`, as their errors are divided by d):
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,35 +35,64 @@ import torch
 from attnbench.layers import AttentionLayer
 from attnbench.metrics import info, lower
 from attnbench.proxy import data as proxydata
-from attnbench.proxy.suite import ProxySuite, expand_variants
+from attnbench.proxy.suite import ProxySettings, ProxySuite, expand_variants, model_config, options, why_not_at
 from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, predict, seed_all, train
 from attnbench.registry import MethodEntry, register_suite
+from attnbench.settings import settings
 from attnbench.spec import Workload
-from attnbench.suite import Case, Row
+from attnbench.suite import ResolvedCase, Row
 
 EVAL_SEED = 20_000
+Schedule = tuple[int, int, int, int]  # curriculum [start, end, increment, every n steps]
+
+
+@settings
+class ICLSettings(ProxySettings):
+    """`[suite.icl_regression]`; `variants` (overrides of these keys) make one case each."""
+
+    format: Literal["concat", "interleaved"] = "concat"
+    dim: int = 5
+    n_examples: int = 40
+    noise_var: float = 0.1
+    n_layers: int = 1
+    n_heads: int = 4
+    head_width: int | None = None  # None: d + 1 (He et al.)
+    mlp: bool = False
+    norm: bool = False
+    pos: Literal["learned", "rope", "none"] = "none"
+    lr: float = 3e-3
+    optimizer: Literal["adamw", "adam"] = "adam"
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    steps: int = 2_500
+    wall_cap_s: float = 300.0
+    eval_prompts: int = 4_096
+    eval_ks: tuple[int, ...] = (5, 10, 20, 40, 80)
+    analysis: bool = True
+    curriculum: dict[Literal["dims", "points"], Schedule] | None = None
+    variants: tuple[dict[str, Any], ...] = ()
+
 
 # Smoke: the card's 8k steps at batch 256 take ~240 s here (4 heads of width 6 through a registry
 # method cost ~30 ms/step on 2 cores, mostly per-head GEMM overhead); 2.5k steps at batch 128 take
 # ~40 s and reach the same level (mha: 0.244 = 1.03× one-step GD; the card's 8k×256 run: 0.244).
-_SMOKE: dict[str, Any] = dict(
-    backends=["reference"], seeds=[0], format="concat", dim=5, n_examples=40, noise_var=0.1, n_layers=1,
-    n_heads=4, head_width=None, mlp=False, norm=False, pos="none", lr=3e-3, optimizer="adam",
-    weight_decay=0.0, batch_size=128, steps=2_500, wall_cap_s=300.0, eval_prompts=4_096,
-    eval_ks=[5, 10, 20, 40, 80], analysis=True, curriculum=None, variants=[])
+SMOKE = ICLSettings()
 # Garg et al. 2022: d=20, 41 points, noise-free, GPT-2-like 12 layers × 256 (8 heads), Adam 1e-4, batch
 # 64, 500k steps, curriculum dims 5→20 (+1 / 2k steps) and points 11→41 (+2 / 2k steps)
 GARG: dict[str, Any] = dict(
     format="interleaved", dim=20, n_examples=41, noise_var=0.0, n_layers=12, n_heads=8, head_width=32,
     mlp=True, norm=True, pos="learned", lr=1e-4, batch_size=64, analysis=False,
     eval_ks=[5, 10, 20, 30, 40], curriculum={"dims": [5, 20, 1, 2_000], "points": [11, 41, 2, 2_000]})
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "smoke": _SMOKE,
-    "quick": {**_SMOKE, "batch_size": 256, "steps": 8_000, "wall_cap_s": 900.0},
-    "full": {**_SMOKE, "seeds": [0, 1, 2], "batch_size": 256, "steps": 500_000, "lr": 1e-3, "wall_cap_s": 36_000.0,
-             "eval_ks": [5, 10, 20, 40, 60, 80, 120],
-             "variants": [{"n_heads": 1}, {"n_heads": 2}, {}, {"n_heads": 8}, GARG]},
+TIERS: dict[str, ICLSettings] = {
+    "smoke": SMOKE,
+    "quick": dataclasses.replace(SMOKE, batch_size=256, steps=8_000, wall_cap_s=900.0),
+    "full": dataclasses.replace(SMOKE, seeds=(0, 1, 2), batch_size=256, steps=500_000, lr=1e-3, wall_cap_s=36_000.0,
+                                eval_ks=(5, 10, 20, 40, 60, 80, 120),
+                                variants=({"n_heads": 1}, {"n_heads": 2}, {}, {"n_heads": 8}, GARG)),
 }
+OPTION_KEYS = ("format", "dim", "n_examples", "noise_var", "n_layers", "mlp", "norm", "pos", "lr", "optimizer",
+               "weight_decay", "batch_size", "steps", "wall_cap_s", "eval_prompts", "eval_ks", "analysis",
+               "curriculum")
 
 
 def _beta_var(o: dict[str, Any]) -> float:
@@ -125,28 +155,25 @@ class ICLRegression(ProxySuite):
         info("icl_ov_y_sum_ratio", "ratio"),
     )
     causal = True
-    defaults = DEFAULTS
+    Settings = ICLSettings
+    tiers = TIERS
 
-    def tasks(self, s: dict[str, Any], entry: MethodEntry,
-              device: str) -> list[tuple[Workload, dict[str, Any]]]:
-        keys = ("format", "dim", "n_examples", "noise_var", "n_layers", "mlp", "norm", "pos", "lr",
-                "optimizer", "weight_decay", "batch_size", "steps", "wall_cap_s", "eval_prompts", "eval_ks",
-                "analysis", "curriculum")
+    def tasks(self, s: ICLSettings, entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
         out = []
-        for v in expand_variants(s):
-            width = v["head_width"] or v["dim"] + 1  # He et al.: per-head width d+1
-            seq = v["n_examples"] + 1 if v["format"] == "concat" else 2 * v["n_examples"]
-            w = Workload(batch=v["batch_size"], heads_q=v["n_heads"], heads_kv=v["n_heads"], seq_q=seq,
-                         seq_kv=seq, head_dim=width, causal=True, mode="fwd_bwd", device=device)
-            out.append((w, {k: v[k] for k in keys}))
+        for v in expand_variants(s, f"suite.{self.name}"):
+            width = v.head_width or v.dim + 1  # He et al.: per-head width d+1
+            seq = v.n_examples + 1 if v.format == "concat" else 2 * v.n_examples
+            w = Workload(batch=v.batch_size, heads_q=v.n_heads, heads_kv=v.n_heads, seq_q=seq, seq_kv=seq,
+                         head_dim=width, causal=True, mode="fwd_bwd", device=device)
+            out.append((w, options(v, OPTION_KEYS)))
         return out
 
-    def run(self, case: Case) -> list[Row]:
-        o = case.option_dict
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        o, seed, chunk = rc.options, rc.seed, rc.case.workload.batch
         d, k_train, nv, bv = o["dim"], o["n_examples"], o["noise_var"], _beta_var(o)
-        dev = torch.device(case.workload.device)
+        dev = torch.device(rc.case.workload.device)
         concat = o["format"] == "concat"
-        rng = data_rng(case.seed, 0)
+        rng = data_rng(seed, 0)
         cur = o["curriculum"] or {}
 
         def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,9 +192,9 @@ class ICLRegression(ProxySuite):
             return torch.nn.functional.mse_loss(pred.float(), target)
 
         ks = sorted(set(o["eval_ks"]) | {k_train})
-        seed_all(case.seed)
-        cfg = self.model_config(case, in_dim=d + 1 if concat else d, out_dim=1, n_layers=o["n_layers"],
-                                mlp=o["mlp"], norm=o["norm"], pos=o["pos"], max_len=2 * (ks[-1] + 1))
+        seed_all(seed)
+        cfg = model_config(rc, in_dim=d + 1 if concat else d, out_dim=1, n_layers=o["n_layers"], mlp=o["mlp"],
+                           norm=o["norm"], pos=o["pos"], max_len=2 * (ks[-1] + 1))
         model = ProxyModel(cfg).to(dev)
         tc = TrainConfig(steps=o["steps"], lr=o["lr"], optimizer=o["optimizer"],
                          weight_decay=o["weight_decay"], wall_cap_s=o["wall_cap_s"])
@@ -178,11 +205,11 @@ class ICLRegression(ProxySuite):
         headline: dict[str, float] = {}
         n_eval = o["eval_prompts"]
         for k in ks:
-            if k != k_train and self.why_not_at(case, k + 1 if concat else 2 * (k + 1)):
+            if k != k_train and why_not_at(rc, k + 1 if concat else 2 * (k + 1)):
                 continue  # e.g. a neighbourhood kernel longer than the prompt: no point on the curve
             p = proxydata.regression(np.random.default_rng([EVAL_SEED, k, d]), n_eval, d, k, nv, bv)
             held = proxydata.regression(np.random.default_rng([EVAL_SEED + 1, k, d]), n_eval, d, k, nv, bv)
-            preds = {"model": _query_prediction(o, model, p, case.workload.batch),
+            preds = {"model": _query_prediction(o, model, p, chunk),
                      **proxydata.icl_baselines(p, nv, bv, proxydata.fit_gd1_step(held))}
             for name, pred in preds.items():
                 err = float(np.mean((pred - p.yq) ** 2)) * scale

@@ -19,8 +19,9 @@ steps, wall_s, truncated, train_loss.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -28,45 +29,66 @@ from torch import nn
 from attnbench.flops import counted_flops
 from attnbench.metrics import higher, info
 from attnbench.proxy import data as proxydata
-from attnbench.proxy.suite import ProxySuite, accepts_spatial
+from attnbench.proxy.suite import ProxySettings, ProxySuite, accepts_spatial, model_config, options
 from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, predict, seed_all, train
 from attnbench.registry import MethodEntry, register_suite
+from attnbench.settings import SettingsError, settings
 from attnbench.spec import Workload
-from attnbench.suite import Case, Row
+from attnbench.suite import ResolvedCase, Row
 
-_SMOKE: dict[str, Any] = dict(
-    backends=["reference"], seeds=[0], dataset="auto", data_root="", image_size=28, n_train=10_000, patch=4,
-    epochs=8, digits_patch=2, digits_epochs=100, d_model=64, n_layers=2, n_heads=2, lr=3e-3,
-    weight_decay=0.05, batch_size=64, warmup_frac=0.3, label_smoothing=0.1, shift=1, mixup=0.0, cutmix=0.0,
-    num_workers=0, wall_cap_s=300.0)
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "smoke": _SMOKE,
-    "quick": {**_SMOKE, "n_train": 20_000, "epochs": 10, "wall_cap_s": 900.0},
+
+@settings
+class ImageSettings(ProxySettings):
+    """`[suite.image_cls]`; `digits_*` replace patch/epochs when the dataset resolves to digits."""
+
+    dataset: Literal["auto", "fashion-mnist", "digits", "imagefolder"] = "auto"
+    data_root: str = ""
+    image_size: int = 28
+    n_train: int = 10_000  # 0 = the whole training set
+    patch: int = 4
+    epochs: int = 8
+    digits_patch: int = 2
+    digits_epochs: int = 100
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    batch_size: int = 64
+    warmup_frac: float = 0.3
+    label_smoothing: float = 0.1
+    shift: int = 1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    num_workers: int = 0
+    wall_cap_s: float = 300.0
+
+
+SMOKE = ImageSettings()
+TIERS: dict[str, ImageSettings] = {
+    "smoke": SMOKE,
+    "quick": dataclasses.replace(SMOKE, n_train=20_000, epochs=10, wall_cap_s=900.0),
     # DeiT-Tiny shape from scratch on an ImageFolder tree (Imagenette 160 px; ImageNet-100: 224 px, 300 ep)
-    "full": {**_SMOKE, "dataset": "imagefolder", "image_size": 160, "patch": 16, "epochs": 200,
-             "d_model": 192, "n_layers": 12, "n_heads": 3, "lr": 5e-4 * 256 / 512, "batch_size": 256,
-             "warmup_frac": 0.025, "shift": 0, "mixup": 0.8, "cutmix": 1.0, "num_workers": 8,
-             "wall_cap_s": 86_400.0},
+    "full": dataclasses.replace(SMOKE, dataset="imagefolder", image_size=160, patch=16, epochs=200, d_model=192,
+                                n_layers=12, n_heads=3, lr=5e-4 * 256 / 512, batch_size=256, warmup_frac=0.025,
+                                shift=0, mixup=0.8, cutmix=1.0, num_workers=8, wall_cap_s=86_400.0),
 }
+OPTION_KEYS = ("dataset", "data_root", "image_size", "n_train", "patch", "epochs", "n_layers", "lr", "weight_decay",
+               "batch_size", "warmup_frac", "label_smoothing", "shift", "mixup", "cutmix", "num_workers",
+               "wall_cap_s")
 
 
-def resolve_dataset(s: dict[str, Any]) -> dict[str, Any]:
+def resolve_dataset(s: ImageSettings) -> ImageSettings:
     """Settings with `dataset = auto` resolved (digits fallback switches to the digits patch/epochs)."""
-    s = dict(s)
-    if s["dataset"] == "auto":
+    if s.dataset == "auto":
         present = (proxydata.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
-        s["dataset"] = "fashion-mnist" if present else "digits"
-    if s["dataset"] == "digits":
-        s.update(patch=s["digits_patch"], epochs=s["digits_epochs"], image_size=8)
-    elif s["dataset"] == "fashion-mnist":
-        s["image_size"] = 28
-    elif s["dataset"] == "imagefolder":
-        if not s["data_root"]:
-            raise ValueError("image_cls: dataset = imagefolder needs data_root "
-                             "(train/<class>/, val/<class>/)")
-    else:
-        raise ValueError(f"image_cls: unknown dataset {s['dataset']!r}; valid: auto, fashion-mnist, digits, "
-                         "imagefolder")
+        s = dataclasses.replace(s, dataset="fashion-mnist" if present else "digits")
+    if s.dataset == "digits":
+        return dataclasses.replace(s, patch=s.digits_patch, epochs=s.digits_epochs, image_size=8)
+    if s.dataset == "fashion-mnist":
+        return dataclasses.replace(s, image_size=28)
+    if not s.data_root:
+        raise SettingsError("suite.image_cls: dataset = imagefolder needs data_root (train/<class>/, val/<class>/)")
     return s
 
 
@@ -125,35 +147,31 @@ class ImageCls(ProxySuite):
     )
     causal = False
     takes_grid = True
-    defaults = DEFAULTS
+    Settings = ImageSettings
+    tiers = TIERS
 
-    def tasks(self, s: dict[str, Any], entry: MethodEntry,
-              device: str) -> list[tuple[Workload, dict[str, Any]]]:
+    def tasks(self, s: ImageSettings, entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
         s = resolve_dataset(s)
-        grid = (s["image_size"] // s["patch"],) * 2
+        grid = (s.image_size // s.patch,) * 2
         caps = entry.spec.capabilities
         spatial = grid if 2 in caps.dims and accepts_spatial(entry) else None
         n = grid[0] * grid[1]
-        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"], seq_q=n, seq_kv=n,
-                     head_dim=s["d_model"] // s["n_heads"], causal=False, mode="fwd_bwd", device=device,
-                     spatial=spatial)
-        keys = ("dataset", "data_root", "image_size", "n_train", "patch", "epochs", "n_layers", "lr",
-                "weight_decay", "batch_size", "warmup_frac", "label_smoothing", "shift", "mixup", "cutmix",
-                "num_workers", "wall_cap_s")
-        return [(w, {k: s[k] for k in keys})]
+        w = Workload(batch=s.batch_size, heads_q=s.n_heads, heads_kv=s.n_heads, seq_q=n, seq_kv=n,
+                     head_dim=s.d_model // s.n_heads, causal=False, mode="fwd_bwd", device=device, spatial=spatial)
+        return [(w, options(s, OPTION_KEYS))]
 
-    def run(self, case: Case) -> list[Row]:
-        o = case.option_dict
-        dev = torch.device(case.workload.device)
-        gen = torch.Generator().manual_seed(case.seed)
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        o, seed, chunk = rc.options, rc.seed, rc.case.workload.batch
+        dev = torch.device(rc.case.workload.device)
+        gen = torch.Generator().manual_seed(seed)
         if o["dataset"] == "imagefolder":
             batch_fn, steps_per_epoch, test, classes = self._folder(o, gen)
         else:
-            batch_fn, steps_per_epoch, test, classes = self._arrays(o, case.seed, gen)
-        seed_all(case.seed)
+            batch_fn, steps_per_epoch, test, classes = self._arrays(o, seed, gen)
+        seed_all(seed)
         chans = 3 if o["dataset"] == "imagefolder" else 1
-        cfg = self.model_config(case, in_dim=o["patch"] ** 2 * chans, out_dim=len(classes),
-                                n_layers=o["n_layers"], mlp=True, pos="learned", max_len=case.workload.seq_q)
+        cfg = model_config(rc, in_dim=o["patch"] ** 2 * chans, out_dim=len(classes), n_layers=o["n_layers"],
+                           mlp=True, pos="learned", max_len=rc.case.workload.seq_q)
         model = ViT(ProxyModel(cfg), o["patch"]).to(dev)
         mix = _MixCut(o["mixup"], o["cutmix"], len(classes), o["label_smoothing"], gen)
 
@@ -164,7 +182,7 @@ class ImageCls(ProxySuite):
         def top_k(m: ViT) -> tuple[float, float]:
             hits1 = hits5 = n = 0
             for x, y in test():
-                logits = predict(m, x.to(dev), case.workload.batch)
+                logits = predict(m, x.to(dev), chunk)
                 top = logits.topk(min(5, logits.shape[-1]), -1).indices.cpu()
                 hits1 += int((top[:, 0] == y).sum())
                 hits5 += int((top == y[:, None]).any(-1).sum())
@@ -180,8 +198,8 @@ class ImageCls(ProxySuite):
             top1, top5 = top_k(model)
         n_params = float(sum(p.numel() for p in model.parameters()))
         rows = [Row("top1", top1, "fraction"), Row("params", n_params, "count")]
-        x0 = next(iter(test()))[0][: case.workload.batch].to(dev)
-        if len(x0) == case.workload.batch:
+        x0 = next(iter(test()))[0][:chunk].to(dev)
+        if len(x0) == chunk:
             with torch.no_grad():
                 flops = counted_flops(lambda: model(x0))
             if flops:  # None where an op is not countable (e.g. flex)

@@ -15,39 +15,72 @@ Rows (the case's seq_len is L, head_dim·heads the model width):
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from attnbench.metrics import higher
 from attnbench.proxy import data as proxydata
-from attnbench.proxy.suite import ProxySuite
+from attnbench.proxy.suite import ProxySettings, ProxySuite, model_config, options
 from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, seed_all, token_hits, token_loss, train
 from attnbench.registry import MethodEntry, register_suite
+from attnbench.settings import settings
 from attnbench.spec import Workload
-from attnbench.suite import Case, Row
+from attnbench.suite import ResolvedCase, Row
 
-_SMOKE: dict[str, Any] = dict(
-    backends=["reference"], seeds=[0], vocab=256, seq_len=[64], kv_pairs=[[4, 8]], power_a=0.01,
-    random_non_queries=True, n_train=20_000, n_test=1_000, d_model=[64], n_layers=2, n_heads=1,
-    pos="learned", lrs=[3e-3], weight_decay=0.1, batch_size=64, warmup=450, schedule_steps=9_360,
-    steps=1_500, eval_every=156, target=0.99, wall_cap_s=300.0)
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "smoke": _SMOKE,
-    "quick": {**_SMOKE, "seq_len": [64, 128], "kv_pairs": [[4, 8], [8]], "vocab": 512, "steps": 3_000,
-              "wall_cap_s": 900.0},
+
+@settings
+class MQARSettings(ProxySettings):
+    """`[suite.mqar]`: one training set per (seq_len[i], kv_pairs[i]), × d_model, × lrs inside a case."""
+
+    vocab: int = 256
+    seq_len: tuple[int, ...] = (64,)
+    kv_pairs: tuple[tuple[int, ...], ...] = ((4, 8),)  # key-value counts mixed per seq_len
+    power_a: float = 0.01
+    random_non_queries: bool = True
+    n_train: int = 20_000
+    n_test: int = 1_000
+    d_model: tuple[int, ...] = (64,)
+    n_layers: int = 2
+    n_heads: int = 1
+    pos: Literal["learned", "rope", "none"] = "learned"
+    lrs: tuple[float, ...] = (3e-3,)
+    weight_decay: float = 0.1
+    batch_size: int = 64
+    warmup: int = 450
+    schedule_steps: int = 9_360
+    steps: int = 1_500
+    eval_every: int = 156
+    target: float = 0.99
+    wall_cap_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if len(self.seq_len) != len(self.kv_pairs):
+            raise ValueError(f"seq_len ({len(self.seq_len)} entries) and kv_pairs ({len(self.kv_pairs)}) "
+                             "must pair up")
+
+
+SMOKE = MQARSettings()
+TIERS: dict[str, MQARSettings] = {
+    "smoke": SMOKE,
+    "quick": dataclasses.replace(SMOKE, seq_len=(64, 128), kv_pairs=((4, 8), (8,)), vocab=512, steps=3_000,
+                                 wall_cap_s=900.0),
     # Zoology Fig. 2: V=8192, (L, K) grid, d sweep, LR sweep (max over LRs), 3 seeds, 64 epochs
-    "full": {**_SMOKE, "seeds": [0, 1, 2], "vocab": 8192, "seq_len": [64, 128, 256, 512],
-             "kv_pairs": [[4], [8], [16], [64]], "n_train": 100_000, "n_test": 3_000,
-             "d_model": [64, 128, 256, 512], "lrs": [1e-4, 4.64e-4, 2.15e-3, 1e-2], "batch_size": 256,
-             "warmup": 1_000, "schedule_steps": 25_000, "steps": 25_000, "eval_every": 390,
-             "wall_cap_s": 7_200.0, "random_non_queries": False},
+    "full": dataclasses.replace(SMOKE, seeds=(0, 1, 2), vocab=8192, seq_len=(64, 128, 256, 512),
+                                kv_pairs=((4,), (8,), (16,), (64,)), n_train=100_000, n_test=3_000,
+                                d_model=(64, 128, 256, 512), lrs=(1e-4, 4.64e-4, 2.15e-3, 1e-2), batch_size=256,
+                                warmup=1_000, schedule_steps=25_000, steps=25_000, eval_every=390,
+                                wall_cap_s=7_200.0, random_non_queries=False),
 }
+OPTION_KEYS = ("vocab", "power_a", "random_non_queries", "n_train", "n_test", "n_layers", "pos", "lrs",
+               "weight_decay", "batch_size", "warmup", "schedule_steps", "steps", "eval_every", "target",
+               "wall_cap_s")
 
 
 @register_suite
-class MQAR(ProxySuite):
+class MQAR(ProxySuite[MQARSettings]):
     name = "mqar"
     version = 1
     metrics = (
@@ -55,30 +88,25 @@ class MQAR(ProxySuite):
         higher("mqar_acc_*"),  # per K slice (k<K>) and per learning rate (lr<lr>)
     )
     causal = True
-    defaults = DEFAULTS
+    Settings = MQARSettings
+    tiers = TIERS
 
-    def tasks(self, s: dict[str, Any], entry: MethodEntry,
-              device: str) -> list[tuple[Workload, dict[str, Any]]]:
-        keys = ("vocab", "power_a", "random_non_queries", "n_train", "n_test", "n_layers", "pos", "lrs",
-                "weight_decay", "batch_size", "warmup", "schedule_steps", "steps", "eval_every", "target",
-                "wall_cap_s")
+    def tasks(self, s: MQARSettings, entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
         out = []
-        for seq_len, ks in zip(s["seq_len"], s["kv_pairs"], strict=True):
-            for d in s["d_model"]:
-                w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], heads_kv=s["n_heads"],
-                             seq_q=seq_len, seq_kv=seq_len, head_dim=d // s["n_heads"], causal=True,
-                             mode="fwd_bwd", device=device)
-                out.append((w, {**{k: s[k] for k in keys}, "kv_pairs": list(ks)}))
+        for seq_len, ks in zip(s.seq_len, s.kv_pairs, strict=True):
+            for d in s.d_model:
+                w = Workload(batch=s.batch_size, heads_q=s.n_heads, heads_kv=s.n_heads, seq_q=seq_len,
+                             seq_kv=seq_len, head_dim=d // s.n_heads, causal=True, mode="fwd_bwd", device=device)
+                out.append((w, {**options(s, OPTION_KEYS), "kv_pairs": list(ks)}))
         return out
 
-    def run(self, case: Case) -> list[Row]:
-        o = case.option_dict
-        w = case.workload
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        o, w, seed = rc.options, rc.case.workload, rc.seed
         dev = torch.device(w.device)
         ks = o["kv_pairs"]
 
         def make(stream: int, n: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-            rng = data_rng(case.seed, stream)
+            rng = data_rng(seed, stream)
             parts = [proxydata.mqar(rng, n // len(ks), o["vocab"], w.seq_q, k, o["power_a"],
                                     o["random_non_queries"]) for k in ks]
             kcol = np.concatenate([np.full(n // len(ks), k) for k in ks])
@@ -89,7 +117,7 @@ class MQAR(ProxySuite):
         x_tr, y_tr, _ = make(0, o["n_train"])
         x_te, y_te, k_te = make(1, o["n_test"])
         per_epoch = len(x_tr) // o["batch_size"]
-        perm_gen = torch.Generator().manual_seed(case.seed)
+        perm_gen = torch.Generator().manual_seed(seed)
         perms: dict[int, torch.Tensor] = {}
 
         def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,11 +134,11 @@ class MQAR(ProxySuite):
 
         runs = []
         for lr in o["lrs"]:
-            seed_all(case.seed)
+            seed_all(seed)
             perms.clear()
-            perm_gen.manual_seed(case.seed)
-            cfg = self.model_config(case, vocab=o["vocab"], out_dim=o["vocab"], n_layers=o["n_layers"],
-                                    mlp=False, pos=o["pos"], max_len=w.seq_q)
+            perm_gen.manual_seed(seed)
+            cfg = model_config(rc, vocab=o["vocab"], out_dim=o["vocab"], n_layers=o["n_layers"], mlp=False,
+                               pos=o["pos"], max_len=w.seq_q)
             model = ProxyModel(cfg).to(dev)
             tc = TrainConfig(steps=o["steps"], lr=lr, weight_decay=o["weight_decay"], warmup=o["warmup"],
                              schedule_steps=o["schedule_steps"], eval_every=o["eval_every"],

@@ -25,14 +25,15 @@ Rows (the case's seq_len is max_len):
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from attnbench.metrics import higher
 from attnbench.proxy import data as proxydata
-from attnbench.proxy.suite import ProxySuite, expand_variants
+from attnbench.proxy.suite import ProxySettings, ProxySuite, expand_variants, model_config, options, why_not_at
 from attnbench.proxy.train import (
     ProxyModel,
     TrainConfig,
@@ -44,32 +45,64 @@ from attnbench.proxy.train import (
     train,
 )
 from attnbench.registry import MethodEntry, register_suite
+from attnbench.settings import settings
 from attnbench.spec import Workload
-from attnbench.suite import Case, Row
+from attnbench.suite import ResolvedCase, Row
 
 EVAL_SEED = 10_000  # eval haystacks are the same for every method and seed
 
-_SMOKE: dict[str, Any] = dict(
-    backends=["reference"], seeds=[0], digits=3, n_filler=64, haystack="noise", min_len=32, max_len=128,
-    d_model=64, n_layers=2, n_heads=2, mlp=True, pos="rope", lr=2e-3, weight_decay=0.0, batch_size=32,
-    warmup=450, schedule_steps=1_500, steps=1_500, loss_target=0.01, wall_cap_s=300.0,
-    eval_lens=[64, 128, 256], eval_depths=[0.0, 0.25, 0.5, 0.75, 1.0], eval_samples=100,
-    needles=1, values=1, queries=1, n_keys=16, variants=[])
+
+@settings
+class NIAHSettings(ProxySettings):
+    """`[suite.niah]`; `variants` (overrides of these keys) make one case each."""
+
+    digits: int = 3
+    n_filler: int = 64
+    haystack: Literal["noise", "periodic"] = "noise"
+    min_len: int = 32
+    max_len: int = 128
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    mlp: bool = True
+    pos: Literal["learned", "rope", "none"] = "rope"
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    warmup: int = 450
+    schedule_steps: int = 1_500
+    steps: int = 1_500
+    loss_target: float = 0.01
+    wall_cap_s: float = 300.0
+    eval_lens: tuple[int, ...] = (64, 128, 256)
+    eval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    eval_samples: int = 100
+    needles: int = 1
+    values: int = 1
+    queries: int = 1
+    n_keys: int = 16
+    variants: tuple[dict[str, Any], ...] = ()
+
+
+SMOKE = NIAHSettings()
 # RULER's niah_single, niah_multikey (3 distractor keys), niah_multivalue, niah_multiquery
-RULER_VARIANTS = [{}, {"needles": 4}, {"values": 2}, {"needles": 4, "queries": 2}]
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "smoke": _SMOKE,
-    "quick": {**_SMOKE, "eval_lens": [64, 128, 256, 512], "wall_cap_s": 900.0},
-    "full": {**_SMOKE, "seeds": [0, 1, 2], "min_len": 64, "max_len": 1024, "d_model": 256, "n_layers": 4,
-             "n_heads": 4, "lr": 1e-3, "warmup": 1_000, "schedule_steps": 20_000, "steps": 20_000,
-             "loss_target": 0.001, "wall_cap_s": 7_200.0,
-             "eval_lens": [256, 512, 1024, 2048, 4096, 8192],
-             "eval_depths": [i / 10 for i in range(11)], "eval_samples": 200, "variants": RULER_VARIANTS},
+RULER_VARIANTS = ({}, {"needles": 4}, {"values": 2}, {"needles": 4, "queries": 2})
+TIERS: dict[str, NIAHSettings] = {
+    "smoke": SMOKE,
+    "quick": dataclasses.replace(SMOKE, eval_lens=(64, 128, 256, 512), wall_cap_s=900.0),
+    "full": dataclasses.replace(SMOKE, seeds=(0, 1, 2), min_len=64, max_len=1024, d_model=256, n_layers=4,
+                                n_heads=4, lr=1e-3, warmup=1_000, schedule_steps=20_000, steps=20_000,
+                                loss_target=0.001, wall_cap_s=7_200.0, eval_lens=(256, 512, 1024, 2048, 4096, 8192),
+                                eval_depths=tuple(i / 10 for i in range(11)), eval_samples=200,
+                                variants=RULER_VARIANTS),
 }
+OPTION_KEYS = ("digits", "n_filler", "haystack", "min_len", "max_len", "n_layers", "mlp", "lr", "weight_decay",
+               "batch_size", "warmup", "schedule_steps", "steps", "loss_target", "wall_cap_s", "eval_lens",
+               "eval_depths", "eval_samples", "needles", "values", "queries", "n_keys")
 
 
 @register_suite
-class NIAH(ProxySuite):
+class NIAH(ProxySuite[NIAHSettings]):
     name = "niah"
     version = 1
     metrics = (
@@ -81,27 +114,24 @@ class NIAH(ProxySuite):
         higher("niah*_acc_*"),  # per depth, digit accuracy, keyed variants (niah_k<n>v<v>q<q>_...)
     )
     causal = True
-    defaults = DEFAULTS
+    Settings = NIAHSettings
+    tiers = TIERS
 
-    def tasks(self, s: dict[str, Any], entry: MethodEntry,
-              device: str) -> list[tuple[Workload, dict[str, Any]]]:
-        pos, why = effective_pos(entry.name, s["pos"])
-        keys = ("digits", "n_filler", "haystack", "min_len", "max_len", "n_layers", "mlp", "lr",
-                "weight_decay", "batch_size", "warmup", "schedule_steps", "steps", "loss_target",
-                "wall_cap_s", "eval_lens", "eval_depths", "eval_samples", "needles", "values", "queries", "n_keys")
+    def tasks(self, s: NIAHSettings, entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
+        pos, why = effective_pos(entry, s.pos)
         out = []
-        for v in expand_variants(s):
-            opts = {**{k: v[k] for k in keys}, "pos": pos, "pos_note": why}
-            w = Workload(batch=v["batch_size"], heads_q=v["n_heads"], heads_kv=v["n_heads"], seq_q=v["max_len"],
-                         seq_kv=v["max_len"], head_dim=v["d_model"] // v["n_heads"], causal=True, mode="fwd_bwd",
+        for v in expand_variants(s, f"suite.{self.name}"):
+            opts = {**options(v, OPTION_KEYS), "pos": pos, "pos_note": why}
+            w = Workload(batch=v.batch_size, heads_q=v.n_heads, heads_kv=v.n_heads, seq_q=v.max_len,
+                         seq_kv=v.max_len, head_dim=v.d_model // v.n_heads, causal=True, mode="fwd_bwd",
                          device=device)
             out.append((w, opts))
         return out
 
-    def run(self, case: Case) -> list[Row]:
-        o = case.option_dict
-        dev = torch.device(case.workload.device)
-        rng = data_rng(case.seed, 0)
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        o, seed, batch = rc.options, rc.seed, rc.case.workload.batch
+        dev = torch.device(rc.case.workload.device)
+        rng = data_rng(seed, 0)
         k, nf = o["digits"], o["n_filler"]
         shape = {key: o[key] for key in ("needles", "values", "queries", "n_keys")}
         keyed = (o["needles"], o["values"], o["queries"]) != (1, 1, 1)
@@ -114,11 +144,11 @@ class NIAH(ProxySuite):
         def batch_fn(step: int) -> tuple[torch.Tensor, ...]:
             return make(rng, o["batch_size"], int(rng.integers(o["min_len"], o["max_len"] + 1)), None)
 
-        seed_all(case.seed)
+        seed_all(seed)
         learned = o["pos"] == "learned"
         vocab = proxydata.niah_vocab(nf, o["n_keys"] if keyed else 0)
-        cfg = self.model_config(case, vocab=vocab, out_dim=vocab,
-                                n_layers=o["n_layers"], mlp=o["mlp"], pos=o["pos"], max_len=o["max_len"])
+        cfg = model_config(rc, vocab=vocab, out_dim=vocab, n_layers=o["n_layers"], mlp=o["mlp"], pos=o["pos"],
+                           max_len=o["max_len"])
         model = ProxyModel(cfg).to(dev)
         tc = TrainConfig(steps=o["steps"], lr=o["lr"], weight_decay=o["weight_decay"], warmup=o["warmup"],
                          schedule_steps=o["schedule_steps"], loss_target=o["loss_target"],
@@ -127,12 +157,12 @@ class NIAH(ProxySuite):
         rows: list[Row] = []
         inside, outside, digit_hits = [], [], []
         for i, length in enumerate(o["eval_lens"]):
-            if (learned and length > o["max_len"]) or self.why_not_at(case, length):
+            if (learned and length > o["max_len"]) or why_not_at(rc, length):
                 continue
             for j, depth in enumerate(o["eval_depths"]):
                 cell_rng = np.random.default_rng([EVAL_SEED, i, j, length])
                 x, y = make(cell_rng, o["eval_samples"], length, depth)
-                hits, total = token_hits(model, x, y, case.workload.batch)
+                hits, total = token_hits(model, x, y, batch)
                 exact = float((hits == total).mean())
                 rows.append(Row(f"{prefix}_acc_depth{depth:g}", exact, "fraction", n=len(x),
                                 extra={"seq_len": length, "seq_kv": length}))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from attnbench.layers import accepts_rope, build_layer
-from attnbench.registry import METHODS
+from attnbench.registry import MethodEntry
 from attnbench.suite import Row
 
 POS_SCHEMES = ("learned", "rope", "none")
@@ -56,14 +56,13 @@ class ModelConfig:
             raise ValueError("set exactly one of vocab (token input) and in_dim (vector input)")
 
 
-def effective_pos(method: str, pos: str) -> tuple[str, str]:
-    """The positional scheme a method trains with, and why it differs from `pos` (or "").
+def effective_pos(entry: MethodEntry, pos: str) -> tuple[str, str]:
+    """The positional scheme the method `entry` trains with, and why it differs from `pos` (or "").
 
     RoPE goes into the q/k heads (`attnbench.rope.rotary`), so layer methods that own their
     projections and take no `rope` flag get no positions instead; methods of the `positional`
     family carry their own position signal and get none added.
     """
-    entry = METHODS.get(method)
     if pos == "rope" and not accepts_rope(entry):
         return "none", "this layer method owns its q/k projections and takes no RoPE hook"
     if pos != "none" and entry.spec.family == "positional":

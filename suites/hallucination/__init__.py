@@ -5,7 +5,7 @@ EOS, Q, yes, no, PAD}; causal pre-LN blocks with MLP where only the attention ch
 captions `BOS objs(sorted) EOS` and questions `Q obj → yes|no` (balanced labels, negatives uniform
 over absent classes) 50/50; a caption and a question never share a sequence.
 
-Methods with a `base` parameter (the `intervention` family wrappers) are applied at inference on the
+Methods whose spec `wraps_base` (the `intervention` family) are applied at inference on the
 trained base (trained once per process and cached): the rows are the intervention's numbers and
 `delta_*` against the unmodified base. Every other method is trained and evaluated as itself.
 
@@ -17,6 +17,7 @@ tokens zeroed: the prior-only control); interventions `delta_pope_<split>_{f1,ye
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
@@ -25,28 +26,57 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnbench import intervene as iv
 from attnbench.layers import build_layer
 from attnbench.metrics import POINT, higher, info, lower
-from attnbench.proxy.suite import ProxySuite
+from attnbench.proxy.suite import ProxySettings, ProxySuite, options
 from attnbench.proxy.train import Block, TrainConfig, TrainResult, data_rng, seed_all, train
-from attnbench.registry import METHODS, MethodEntry, register_suite
+from attnbench.registry import MethodEntry, register_suite
+from attnbench.settings import settings
 from attnbench.spec import Backend, Workload
-from attnbench.suite import Case, Row
+from attnbench.suite import ResolvedCase, Row
 from attnbench.suites.hallucination import scoring as hal
+from attnbench.suites.hallucination.analysis import UNITS as ANALYSIS_UNITS
 
-_SMOKE: dict[str, Any] = dict(
-    backends=["reference"], seeds=[0], image=32, grid=2, max_objects=4, n_classes=10, prior=0.8, n_pairs=5,
-    pair_prob=0.7, patch=8, d_model=64, n_layers=2, n_heads=2, lr=3e-3, weight_decay=0.0, batch_size=64,
-    steps=1_200, warmup=50, n_pool=8_192, pope_images=250, chair_images=500, max_caption=5,
-    wall_cap_s=60.0, intervention_params={})
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "smoke": _SMOKE,
-    "quick": {**_SMOKE, "steps": 1_500, "wall_cap_s": 300.0},
+
+@settings
+class HallucinationSettings(ProxySettings):
+    """`[suite.hallucination]`: Shapes scenes, the Shapes-VLM and its budget, eval sizes;
+    `intervention_params.<method>` overrides an intervention's params at inference."""
+
+    image: int = 32
+    grid: int = 2
+    max_objects: int = 4
+    n_classes: int = 10
+    prior: float = 0.8
+    n_pairs: int = 5
+    pair_prob: float = 0.7
+    patch: int = 8
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    steps: int = 1_200
+    warmup: int = 50
+    n_pool: int = 8_192
+    pope_images: int = 250
+    chair_images: int = 500
+    max_caption: int = 5
+    wall_cap_s: float = 60.0
+    intervention_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+SMOKE = HallucinationSettings()
+TIERS: dict[str, HallucinationSettings] = {
+    "smoke": SMOKE,
+    "quick": dataclasses.replace(SMOKE, steps=1_500, wall_cap_s=300.0),
     # GPU: 64×64 scenes, 4×4 cells of 16 px, ≤ 8 objects, 30 classes (10 shapes × 3 size bands), 3 seeds
-    "full": {**_SMOKE, "seeds": [0, 1, 2], "image": 64, "grid": 4, "max_objects": 8, "n_classes": 30,
-             "n_pairs": 15, "d_model": 192, "n_layers": 4, "n_heads": 4, "lr": 1e-3, "batch_size": 128,
-             "steps": 20_000, "warmup": 500, "n_pool": 65_536, "pope_images": 1_000, "chair_images": 1_000,
-             "max_caption": 9, "wall_cap_s": 7_200.0},
+    "full": dataclasses.replace(SMOKE, seeds=(0, 1, 2), image=64, grid=4, max_objects=8, n_classes=30, n_pairs=15,
+                                d_model=192, n_layers=4, n_heads=4, lr=1e-3, batch_size=128, steps=20_000,
+                                warmup=500, n_pool=65_536, pope_images=1_000, chair_images=1_000, max_caption=9,
+                                wall_cap_s=7_200.0),
 }
 SPLITS = ("random", "popular", "adversarial")
 _CACHE: dict[str, tuple[nn.Module, TrainResult]] = {}
@@ -212,11 +242,6 @@ def train_model(method: str, backend: str, params: dict[str, Any], o: dict[str, 
     return model, res
 
 
-def is_wrapper(entry: MethodEntry) -> bool:
-    """Interventions that wrap a base attention (applied at inference, not trained)."""
-    return "base" in entry.spec.defaults
-
-
 @register_suite
 class Hallucination(ProxySuite):
     name = "hallucination"
@@ -234,9 +259,12 @@ class Hallucination(ProxySuite):
         higher("pope_*_acc_blind"),
         info("pope_*_yes_ratio", "fraction"),
         info("delta_*", "fraction"),  # intervention minus its base model, same weights
+        # `attnbench analyze` (suite "analysis"): one row per layer × head
+        *(info(m, unit) for m, unit in ANALYSIS_UNITS.items()),
     )
     causal = True
-    defaults = DEFAULTS
+    Settings = HallucinationSettings
+    tiers = TIERS
 
     def analyze(self, model: Any, *, method: str, preset: str, seed: int, steps: int | None,
                 hunt: bool) -> tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]], str], str]]:
@@ -247,39 +275,36 @@ class Hallucination(ProxySuite):
         return rows, analysis.heatmap_svg
 
     def applies_to(self, entry: MethodEntry, backend: Backend) -> str | None:
-        if is_wrapper(entry):
+        if entry.spec.wraps_base:
             probe = Workload(batch=1, heads_q=2, seq_q=24, seq_kv=24, head_dim=32, causal=True)
             return entry.spec.why_not(probe, entry.spec.params())
         return super().applies_to(entry, backend)
 
-    def tasks(self, s: dict[str, Any], entry: MethodEntry, device: str) -> list[tuple[Workload, dict[str, Any]]]:
-        keys = [k for k in _SMOKE if k not in ("backends", "seeds", "d_model", "n_heads")]
-        n = (s["image"] // s["patch"]) ** 2 + s["max_objects"] + 2
-        w = Workload(batch=s["batch_size"], heads_q=s["n_heads"], seq_q=n, seq_kv=n,
-                     head_dim=s["d_model"] // s["n_heads"], causal=True, mode="fwd_bwd", device=device)
-        return [(w, {**{k: s[k] for k in keys}, "d_model": s["d_model"], "n_heads": s["n_heads"]})]
+    def tasks(self, s: HallucinationSettings, entry: MethodEntry,
+              device: str) -> list[tuple[Workload, dict[str, Any]]]:
+        n = (s.image // s.patch) ** 2 + s.max_objects + 2
+        w = Workload(batch=s.batch_size, heads_q=s.n_heads, seq_q=n, seq_kv=n, head_dim=s.d_model // s.n_heads,
+                     causal=True, mode="fwd_bwd", device=device)
+        return [(w, options(s))]
 
-    def run(self, case: Case) -> list[Row]:
-        o = case.option_dict
-        entry = METHODS.get(case.method)
-        params = entry.spec.params(case.param_dict)
-        if not is_wrapper(entry):
-            model, res = train_model(case.method, case.backend, params, o, case.seed)
-            scores = evaluate(model, o, case.seed, blind=True)
+    def run(self, rc: ResolvedCase) -> list[Row]:
+        o, params, seed = rc.options, rc.params, rc.seed
+        if not rc.spec.wraps_base:
+            model, res = train_model(rc.method, rc.backend, params, o, seed)
+            scores = evaluate(model, o, seed, blind=True)
             return [Row(k, v, "fraction" if k != "chair_mentions" else "objects") for k, v in scores.items()] \
                 + res.rows()
-        base, base_p = params["base"], METHODS.get(params["base"]).spec.params(params["base_params"])
-        model, res = train_model(base, "reference", base_p, o, case.seed)
-        before = evaluate(model, o, case.seed)
+        model, res = train_model(params["base"], Backend.REFERENCE, iv.base_params(params), o, seed)
+        before = evaluate(model, o, seed)
         n_img = (o["image"] // o["patch"]) ** 2
         p = {k: v for k, v in params.items() if k not in ("base", "base_params")}
         spans = {"img_span": [0, n_img], "query_span": [n_img, n_img + o["max_objects"] + 2],
                  "text_span": [n_img, n_img + o["max_objects"] + 2], "demo_span": [0, n_img // 2],
                  "target_span": [n_img // 2, n_img]}
         p.update({k: v for k, v in spans.items() if k in p and p[k] is None})
-        p.update(o.get("intervention_params", {}).get(case.method, {}))
-        wrapped = hal.apply_intervention(model, case.method, p, backend=case.backend)
-        after = evaluate(wrapped, o, case.seed)
+        p.update(o.get("intervention_params", {}).get(rc.method, {}))
+        wrapped = iv.apply_intervention(model, rc.method, p, backend=rc.backend)
+        after = evaluate(wrapped, o, seed)
         rows = [Row(k, v, "fraction" if k != "chair_mentions" else "objects") for k, v in after.items()]
         rows += [Row(f"delta_pope_{s}_{m}", after[f"pope_{s}_{m}"] - before[f"pope_{s}_{m}"], "fraction")
                  for s in SPLITS for m in ("f1", "yes_ratio")]

@@ -18,6 +18,7 @@ layer × head heatmap with a per-layer mean line.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -207,8 +208,6 @@ def head_hunter(model: nn.Module, objective: Callable[[nn.Module], float], *, ro
     """Greedy head search (HeadHunter): each round, try adding every remaining (layer, head) to the set,
     perturb the set with `method` (SoftPAG at `strength` 1 by default) and keep the `k` best by
     `objective` (higher = better). Returns the selection order and the first-round score `[L, H]`."""
-    from attnbench.suites.hallucination.scoring import apply_intervention
-
     layers = attention_layers(model)
     params = {"strength": 1.0, **(params or {})}
     chosen: list[tuple[int, int]] = []
@@ -217,7 +216,7 @@ def head_hunter(model: nn.Module, objective: Callable[[nn.Module], float], *, ro
     def score(heads: list[tuple[int, int]]) -> float:
         per = {li: {"heads": sorted(h for lj, h in heads if lj == li)} for li in {lj for lj, _ in heads}}
         with torch.no_grad():
-            return float(objective(apply_intervention(model, method, params, layers=per)))
+            return float(objective(iv.apply_intervention(model, method, params, layers=per)))
 
     for r in range(rounds):
         cands = [(li, h) for li, lay in enumerate(layers) for h in range(lay.n_heads) if (li, h) not in chosen]
@@ -311,6 +310,7 @@ def analyze(model_or_path: nn.Module | str | Path | None = None, *, method: str 
         n_probe: probe images (each gives 2 yes + 2 no adversarial POPE questions).
     """
     from attnbench.presets import load_preset
+    from attnbench.proxy.suite import options
     from attnbench.proxy.train import data_rng
     from attnbench.registry import SUITES, load_plugins
     from attnbench.suites import hallucination as hs
@@ -318,8 +318,8 @@ def analyze(model_or_path: nn.Module | str | Path | None = None, *, method: str 
 
     load_plugins()
     suite = SUITES.get("hallucination")
-    o = suite.settings(load_preset(preset))
-    o = {**o, **({"steps": steps} if steps else {})}
+    s = suite.settings(load_preset(preset))
+    o = options(dataclasses.replace(s, steps=steps) if steps else s)  # the options a suite case trains with
     if model_or_path is None:
         model, _ = hs.train_model(method, "reference", {}, o, seed)
     elif isinstance(model_or_path, nn.Module):

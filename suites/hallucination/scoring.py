@@ -1,5 +1,5 @@
-"""Object hallucination: POPE and CHAIR scorers for real model outputs, the synthetic Shapes-VLM scene
-generator, and `apply_intervention` (swap a trained model's attention for an intervention, same weights).
+"""Object hallucination: POPE and CHAIR scorers for real model outputs and the synthetic Shapes-VLM scene
+generator (interventions on a trained model: `attnbench.intervene.apply_intervention`).
 
 POPE (Li et al. 2023): question file JSONL `{"question_id", "image", "text", "label": yes|no}`, answer file
 JSONL `{"question", "answer"}` (or `"text"`) in the same order, or matched by `question_id` when both
@@ -14,7 +14,6 @@ captions with ≥ 1 hallucination / captions; recall = Σ|mentioned ∩ GT| / Σ
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 # -- POPE ----------------------------------------------------------------------------------------
 
@@ -379,40 +377,4 @@ def pope_questions(rng: np.random.Generator, objs: Sequence[Sequence[int]], n_cl
                 raise ValueError(f"unknown POPE split {split!r}; valid: random, popular, adversarial")
             negs.append(pick)
         out += [(i, int(p), "yes") for p in pos] + [(i, int(c), "no") for c in negs]
-    return out
-
-
-# -- interventions on a trained model ------------------------------------------------------------
-def apply_intervention(model: nn.Module, method: str, params: Mapping[str, Any] | None = None,
-                       backend: str = "reference", layers: Mapping[int, Mapping[str, Any]] | None = None
-                       ) -> nn.Module:
-    """A copy of `model` whose generic attention layers run `method` wrapping their trained base.
-
-    Weights are shared by value (deep copy); `params` are the intervention's (its `base` and
-    `base_params` are filled from each layer). A true `except_last_layer` in the method's params
-    leaves the last attention layer as is (VAR). `layers` (attention-layer index → param overrides)
-    wraps only the listed layers, each with its own params (HeadHunter's per-layer head sets).
-    Layer methods (own projections) cannot be wrapped: ValueError.
-    """
-    from attnbench.layers import AttentionLayer, build_layer
-    from attnbench.registry import METHODS
-
-    out = copy.deepcopy(model)
-    found = [(name, m) for name, m in out.named_modules() if isinstance(m, AttentionLayer)]
-    if not found:
-        raise ValueError("apply_intervention: the model has no generic AttentionLayer to wrap")
-    chosen = list(enumerate(found))
-    if METHODS.get(method).spec.params(params).get("except_last_layer"):
-        chosen = chosen[:-1]
-    if layers is not None:
-        chosen = [(i, nl) for i, nl in chosen if i in layers]
-    for i, (name, layer) in chosen:
-        base_p = {k: v for k, v in layer.params.items() if k != "spatial"}
-        p = {**(params or {}), **((layers or {}).get(i, {})), "base": layer.entry.name, "base_params": base_p}
-        METHODS.get(method).spec.params(p)
-        new = build_layer(method, backend, layer.n_heads * layer.head_dim, layer.n_heads,
-                          kv_heads=layer.kv_heads, causal=layer.causal, params=p)
-        new.load_state_dict(layer.state_dict())
-        parent = out.get_submodule(name.rsplit(".", 1)[0]) if "." in name else out
-        setattr(parent, name.rsplit(".", 1)[-1], new.to(next(layer.parameters()).device))
     return out

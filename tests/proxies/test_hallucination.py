@@ -9,6 +9,7 @@ import pytest
 
 from attnbench.presets import Preset
 from attnbench.registry import METHODS, SUITES
+from attnbench.suite import ResolvedCase
 from attnbench.suites.hallucination import scoring as hal
 
 
@@ -76,9 +77,9 @@ def test_tiny_suite_run_and_intervention():
     s = SUITES.get("hallucination")
     tiny = dict(steps=3, n_pool=64, pope_images=8, chair_images=8, d_model=16, batch_size=8, wall_cap_s=1e9)
     base = s.cases(Preset("smoke", {"suite": {"hallucination": {"methods": ["mha"], **tiny}}}), METHODS)[0]
-    rows = {r.metric: r.value for r in s.run(base)}
+    rows = {r.metric: r.value for r in s.run(ResolvedCase.resolve(base, METHODS))}
     assert 0.0 <= rows["pope_adversarial_f1"] <= 1.0 and "pope_random_acc_blind" in rows and "chair_s" in rows
     case = s.cases(Preset("smoke", {"suite": {"hallucination": {"methods": ["var"], **tiny}}}), METHODS)[0]
-    got = {r.metric: r.value for r in s.run(case)}
+    got = {r.metric: r.value for r in s.run(ResolvedCase.resolve(case, METHODS))}
     assert "delta_chair_s" in got and got["steps"] == rows["steps"]
     assert s.applies_to(METHODS.get("consistedit"), "reference")  # needs paired branches

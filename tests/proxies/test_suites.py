@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from attnbench.metrics import suite_table
 from attnbench.presets import Preset
 from attnbench.registry import METHODS, SUITES, MethodEntry
+from attnbench.settings import SettingsError
 from attnbench.spec import AttentionSpec, Backend, Capabilities, Paper
-from attnbench.suite import Case, Row
+from attnbench.suite import Case, ResolvedCase, Row
 
 PROXIES = ("mqar", "niah", "icl_regression", "image_cls")
 NO_CAP = 1e9
@@ -35,6 +37,11 @@ def one_case(suite: str, method: str = "mha", params: dict[str, Any] | None = No
     cases = SUITES.get(suite).cases(Preset("smoke", {"suite": {suite: section}}), METHODS)
     assert len(cases) == 1, cases
     return cases[0]
+
+
+def run(suite: str, case: Case) -> list[Row]:
+    """Run a case the way the runner does: resolved once, then handed to the suite."""
+    return SUITES.get(suite).run(ResolvedCase.resolve(case, METHODS))
 
 
 def metrics(rows: list[Row]) -> dict[str, float]:
@@ -83,8 +90,10 @@ def test_backend_selection_is_a_setting():
 
 @pytest.mark.parametrize("suite", PROXIES)
 def test_tiny_budget_run_on_mha(suite):
-    rows = SUITES.get(suite).run(one_case(suite, wall_cap_s=NO_CAP, **TINY[suite]))
+    rows = run(suite, one_case(suite, wall_cap_s=NO_CAP, **TINY[suite]))
     m = metrics(rows)
+    table = suite_table([SUITES.get(suite)])
+    assert not [r.metric for r in rows if table.get(r.metric) is None]  # every emitted metric is declared
     assert m["truncated"] == 0.0 and m["steps"] >= 1 and m["wall_s"] > 0
     head = {"mqar": "mqar_acc", "niah": "niah_acc_in_range", "icl_regression": "icl_mse",
             "image_cls": "top1"}[suite]
@@ -106,47 +115,45 @@ def test_tiny_budget_run_on_mha(suite):
 
 
 def test_truncation_is_reported():
-    rows = SUITES.get("mqar").run(one_case("mqar", **{**TINY["mqar"], "wall_cap_s": 0.0}))
+    rows = run("mqar", one_case("mqar", **{**TINY["mqar"], "wall_cap_s": 0.0}))
     assert metrics(rows)["truncated"] == 1.0
 
 
 def test_mqar_lr_sweep_reports_max():
     case = one_case("mqar", wall_cap_s=NO_CAP, **{**TINY["mqar"], "lrs": [1e-3, 3e-3]})
-    rows = SUITES.get("mqar").run(case)
-    m = metrics(rows)
+    m = metrics(run("mqar", case))
     assert m["mqar_acc"] == max(m["mqar_acc_lr0.001"], m["mqar_acc_lr0.003"])
 
 
 def test_run_is_reproducible():
     case = one_case("icl_regression", wall_cap_s=NO_CAP, **TINY["icl_regression"])
-    a, b = (metrics(SUITES.get("icl_regression").run(case)) for _ in range(2))
+    a, b = (metrics(run("icl_regression", case)) for _ in range(2))
     assert a["icl_mse"] == b["icl_mse"] and a["train_loss"] == b["train_loss"]
 
 
 # -- sanity values from the spec (smoke budgets, no wall cap) ----------------------------------
 @pytest.mark.slow
 def test_sanity_mqar_mha_and_sliding_window():
-    mqar = SUITES.get("mqar")
-    mha = metrics(mqar.run(one_case("mqar", wall_cap_s=NO_CAP)))
+    mha = metrics(run("mqar", one_case("mqar", wall_cap_s=NO_CAP)))
     assert mha["mqar_acc"] >= 0.99, mha
     if "sliding_window" not in METHODS:
         pytest.skip("sliding_window is not registered")
-    win = metrics(mqar.run(one_case("mqar", "sliding_window", {"window": 8}, wall_cap_s=NO_CAP,
-                                    steps=int(mha["steps"]))))
+    win = metrics(run("mqar", one_case("mqar", "sliding_window", {"window": 8}, wall_cap_s=NO_CAP,
+                                       steps=int(mha["steps"]))))
     assert win["mqar_acc"] < 0.5 and win["mqar_acc"] < mha["mqar_acc"] - 0.4, win
 
 
 @pytest.mark.slow
 def test_sanity_icl_mha_reaches_one_step_gd():
-    m = metrics(SUITES.get("icl_regression").run(one_case("icl_regression", wall_cap_s=NO_CAP)))
+    m = metrics(run("icl_regression", one_case("icl_regression", wall_cap_s=NO_CAP)))
     assert m["icl_mse"] <= 1.25 * m["icl_mse_gd1"], m
     assert m["icl_mse"] < 0.3 * m["icl_mse_zero"], m
 
 
 @pytest.mark.slow
 def test_sanity_image_mha_well_above_chance():
-    m = metrics(SUITES.get("image_cls").run(one_case("image_cls", wall_cap_s=NO_CAP, n_train=3_000, epochs=3,
-                                                     digits_epochs=30)))
+    m = metrics(run("image_cls", one_case("image_cls", wall_cap_s=NO_CAP, n_train=3_000, epochs=3,
+                                          digits_epochs=30)))
     assert m["top1"] >= 0.5, m  # chance is 0.1
 
 
@@ -163,14 +170,12 @@ TWO_STEPS = {
 @pytest.mark.parametrize("method", METHODS.names())
 def test_method_trains_in_proxy(method, suite):
     """Cells the runner would skip (applies_to / why_not give a reason) are skipped with it."""
-    entry, s = METHODS.get(method), SUITES.get(suite)
-    case = one_case(suite, method, wall_cap_s=NO_CAP, **TWO_STEPS[suite])
-    params = entry.spec.params(case.param_dict)
-    why = s.applies_to(entry, Backend.REFERENCE) or entry.why_not(
-        Backend.REFERENCE, entry.spec.shape(case.workload, params), params)
+    s = SUITES.get(suite)
+    rc = ResolvedCase.resolve(one_case(suite, method, wall_cap_s=NO_CAP, **TWO_STEPS[suite]), METHODS)
+    why = s.applies_to(rc.entry, rc.backend) or rc.why_not()
     if why:
         pytest.skip(why)
-    m = metrics(s.run(case))
+    m = metrics(s.run(rc))
     assert m["steps"] >= 1 and math.isfinite(m["train_loss"])
 
 
@@ -208,7 +213,7 @@ def test_niah_keyed_variants_are_cases_with_their_own_metrics():
                                                                           "eval_lens": [48, 64],
                                                                           "variants": variants}}}), METHODS)
     assert len(cases) == 2 and len({c.case_id for c in cases}) == 2
-    m = metrics(SUITES.get("niah").run(next(c for c in cases if c.option_dict["needles"] == 2)))
+    m = metrics(run("niah", next(c for c in cases if c.option_dict["needles"] == 2)))
     assert {"niah_k2v1q2_acc_in_range", "niah_k2v1q2_acc_extrap"} <= m.keys() and "niah_acc_in_range" not in m
 
 
@@ -225,7 +230,7 @@ def test_icl_interleaved_curriculum_run_has_its_own_metrics():
     case = one_case("icl_regression", **{**TINY["icl_regression"], "wall_cap_s": NO_CAP, "format": "interleaved",
                                         "dim": 4, "noise_var": 0.0, "head_width": 8, "n_heads": 2, "pos": "learned",
                                         "curriculum": {"dims": [2, 4, 1, 2], "points": [3, 10, 2, 2]}})
-    rows = SUITES.get("icl_regression").run(case)
+    rows = run("icl_regression", case)
     m = metrics(rows)
     assert {"icl_garg_mse", "icl_garg_mse_knn3", "icl_garg_mse_averaging", "icl_garg_mse/gd1"} <= m.keys()
     assert "icl_mse" not in m and m["icl_garg_mse_zero"] == pytest.approx(1.0, rel=0.15)  # E[y²]/d = 1
@@ -242,6 +247,37 @@ def test_eval_lengths_a_method_cannot_run_are_left_out_not_fatal():
     """neighborhood's 7-token kernel cannot run ICL's 4-token prompt (k=3): that curve point is skipped."""
     case = one_case("icl_regression", "neighborhood", **{**TWO_STEPS["icl_regression"], "eval_ks": [3, 10]},
                     wall_cap_s=NO_CAP)
-    rows = SUITES.get("icl_regression").run(case)
+    rows = run("icl_regression", case)
     assert {r.extra["seq_len"] for r in rows if r.metric == "icl_curve_model"} == {10}
     assert "icl_mse" in metrics(rows)
+
+
+@pytest.mark.parametrize("suite", [*PROXIES, "hallucination"])
+def test_unknown_or_mistyped_section_keys_are_refused_with_the_valid_ones(suite):
+    s = SUITES.get(suite)
+    with pytest.raises(SettingsError, match=rf"suite\.{suite}: unknown key\(s\) 'stepz'; valid: .*seeds"):
+        s.cases(Preset("smoke", {"suite": {suite: {"stepz": 3}}}), METHODS)
+    with pytest.raises(SettingsError, match=rf"suite\.{suite}\.seeds"):
+        s.cases(Preset("smoke", {"suite": {suite: {"seeds": "zero"}}}), METHODS)
+
+
+def test_variants_are_validated_like_the_section():
+    with pytest.raises(SettingsError, match=r"suite\.niah\.variants\[1\]: unknown key\(s\) 'needle'"):
+        SUITES.get("niah").cases(Preset("smoke", {"suite": {"niah": {"variants": [{}, {"needle": 2}]}}}), METHODS)
+    with pytest.raises(SettingsError, match="seq_len .* and kv_pairs .* must pair up"):
+        SUITES.get("mqar").cases(Preset("smoke", {"suite": {"mqar": {"seq_len": [64, 128]}}}), METHODS)
+
+
+def test_tiers_and_shapes_defaults():
+    """smoke/quick/full tiers (gpu → full); of the kernel `[shapes]` keys only `params` (`--param`) reaches a
+    proxy, and the suite's own `params` replace it."""
+    mqar = SUITES.get("mqar")
+    assert mqar.settings(Preset("quick", {})).seq_len == (64, 128)
+    assert mqar.settings(Preset("gpu", {})).vocab == 8192
+    p = Preset("smoke", {"methods": ["sliding_window"], "suite": {"mqar": {"steps": 11}},
+                         "shapes": {"seq_lens": [9], "params": {"sliding_window": {"window": 3}}}})
+    assert mqar.settings(p).steps == 11 and mqar.settings(p).seq_len == (64,)
+    (case,) = mqar.cases(p, METHODS)
+    assert case.param_dict == {"window": 3} and case.option_dict["steps"] == 11
+    own = Preset("smoke", {**p.data, "suite": {"mqar": {"params": {"sliding_window": {"window": 8}}}}})
+    assert [c.param_dict for c in mqar.cases(own, METHODS)] == [{"window": 8}]

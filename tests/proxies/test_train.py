@@ -8,9 +8,7 @@ import torch
 from torch import nn
 
 from attnbench.layers import accepts_rope, build_layer
-from attnbench.presets import Preset
 from attnbench.proxy import data as proxydata
-from attnbench.proxy.suite import settings_for
 from attnbench.proxy.train import (
     ModelConfig,
     ProxyModel,
@@ -137,31 +135,24 @@ def test_layer_methods_with_rope(method):
         for backend in set(entry.impls) - {Backend.REFERENCE, Backend.FLEX_COMPILED}:  # compiling is slow
             if entry.why_not(backend, entry.spec.shape(w, params), params) is None:
                 torch.testing.assert_close(build(backend, True)(x), y_rot, rtol=1e-6, atol=1e-6)
-    assert effective_pos(method, "rope") == ("rope", "")
+    assert effective_pos(entry, "rope") == ("rope", "")
 
 
 def test_layer_methods_without_a_rope_flag_train_without_positions():
     no_rope = [e.name for e in METHODS if e.spec.kind == "layer" and not accepts_rope(e)]
     if not no_rope:
         pytest.skip("every layer method takes rope")
-    assert effective_pos(no_rope[0], "rope")[0] == "none"
+    assert effective_pos(METHODS.get(no_rope[0]), "rope")[0] == "none"
     with pytest.raises(ValueError, match="no RoPE hook"):
         build_layer(no_rope[0], Backend.REFERENCE, 32, 4, rope=True)
 
 
 def test_effective_pos_and_config_validation():
-    assert effective_pos("mha", "rope") == ("rope", "")
+    assert effective_pos(METHODS.get("mha"), "rope") == ("rope", "")
     with pytest.raises(ValueError, match="positional scheme"):
         ModelConfig(method="mha", vocab=4, out_dim=4, pos="alibi")
     with pytest.raises(ValueError, match="exactly one"):
         ModelConfig(method="mha", out_dim=4)
-
-
-def test_settings_tiers_and_overrides():
-    defaults = {t: {"steps": s, "lr": 1.0} for t, s in (("smoke", 10), ("quick", 20), ("full", 30))}
-    p = Preset("smoke", {"shapes": {"seq_lens": [9]}, "suite": {"x": {"steps": 11}}})
-    assert settings_for(defaults, p.name, p.section("x")) == {"steps": 11, "lr": 1.0}
-    assert settings_for(defaults, "gpu", {})["steps"] == 30
 
 
 def test_predict_only_feeds_full_batches():
