@@ -113,7 +113,10 @@ def rows_from_benchmark_json(path: str | os.PathLike[str]) -> list[dict[str, Any
         for key in list(extra):
             if key in results.COLUMNS and key not in _FIXED:
                 val = extra.pop(key)
-                row[key] = int(val) if key in _INT_COLUMNS and val is not None else val
+                try:
+                    row[key] = int(val) if key in _INT_COLUMNS and val is not None else val
+                except (TypeError, ValueError, OverflowError):
+                    raise BenchJsonError(f"{path}: extra_info {key}={val!r} is not an integer") from None
         params.update(extra)
         name = str(bench.get("fullname") or bench.get("name") or "")
         row["method"] = row["method"] or str(bench.get("group") or bench.get("name") or "benchmark")
@@ -144,19 +147,42 @@ def _ms(seconds: Any) -> float | None:
     return None if seconds is None else float(seconds) * 1e3
 
 
-def load_inputs(paths: Iterable[str | os.PathLike[str]], *, latest_only: bool = True) -> pd.DataFrame:
+def load_inputs(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    latest_only: bool = True,
+    skip_corrupt: bool = True,
+    allow_empty: bool = False,
+) -> pd.DataFrame:
     """Rows under `paths`: Parquet results files/folders, and pytest-benchmark `*.json` files given by name.
 
     Like `attnbench.results.load` (same schema check, de-duplication and `latest_only` per device),
-    plus the benchmark JSON files.
+    plus the benchmark JSON files. With `skip_corrupt`, a corrupt Parquet file is skipped with a
+    `results.SkippedFileWarning` naming it (unless no file is readable); without, it raises.
 
     Raises:
-        attnbench.results.SchemaError / BenchJsonError / FileNotFoundError on unusable input.
+        attnbench.results.SchemaError / BenchJsonError / FileNotFoundError on unusable input;
+        attnbench.results.NoResultsError (a FileNotFoundError) when there are no rows at all,
+        unless `allow_empty`.
     """
-    frames = []
-    for f in results.files(Path(p) for p in paths):
+    frames, bad = [], []
+    paths = [Path(p) for p in paths]
+    for f in results.files(paths):
         if f.suffix == ".json":
-            frames.append(results.to_table(rows_from_benchmark_json(f)).to_pandas())
-        else:
+            try:
+                frames.append(results.to_table(rows_from_benchmark_json(f)).to_pandas())
+            except results.SchemaError as exc:
+                raise BenchJsonError(f"{f}: {exc}") from None
+            continue
+        try:
             frames.append(results.read_file(f))
-    return results.merge(frames, latest_only=latest_only)
+        except results.CorruptFileError as exc:
+            if not skip_corrupt:
+                raise
+            bad.append(exc)
+    results.warn_skipped(bad, readable=len(frames))
+    df = results.merge(frames, latest_only=latest_only)
+    if df.empty and not allow_empty:
+        where = ", ".join(map(str, paths)) or "(no inputs)"
+        raise results.NoResultsError(f"no result rows under {where}")
+    return df

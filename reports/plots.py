@@ -10,6 +10,7 @@ import functools
 import hashlib
 import io
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,15 @@ class Plot:
     title: str
 
 
+# Characters XML 1.0 forbids (or normalises away) in SVG text: control characters, line breaks
+# (a label is one line), surrogates and the two non-characters; each becomes a space.
+_NOT_XML_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
 def safe(label: str) -> str:
-    """A label matplotlib prints verbatim: `$` would start mathtext, a leading `_` hides legend entries."""
-    s = str(label).replace("\\", "\\\\").replace("$", r"\$")
+    """A label matplotlib prints verbatim into valid SVG: `$` would start mathtext, a leading `_` hides
+    legend entries, and control characters would make the SVG invalid XML."""
+    s = _NOT_XML_TEXT.sub(" ", str(label)).replace("\\", "\\\\").replace("$", r"\$")
     return "\u200b" + s if s.startswith("_") else s
 
 

@@ -4,6 +4,7 @@ machine mismatch normalised to the same-run baseline, unusable input, and the A/
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -341,3 +342,62 @@ def test_ab_mode_measures_each_commit(tmp_path: Path) -> None:
     with pytest.raises(gate.GateInputError, match="rev-parse"):
         gate.ab_compare("no-such-ref", run_args=[], repo=repo)
     assert sys.executable  # sides run with this interpreter
+
+
+def test_nothing_in_common_fails(tmp_path: Path) -> None:
+    base = write(tmp_path / "base", rows("b", seed=1))
+    other = [{**r, "case_id": "other-" + r["case_id"]} for r in rows("h", seed=2)]
+    head = write(tmp_path / "head", other)
+    cmp = gate.compare([base], [head])
+    assert cmp.nothing_compared and cmp.exit_code == gate.EXIT_NOTHING_COMPARED == 4
+    assert cmp.headline().startswith("NOTHING COMPARED") and "no case in common" in cmp.headline()
+    md = cmp.to_markdown()
+    assert md.startswith("### ❌") and "NOTHING COMPARED" in md
+    assert gate.compare([base], [head], allow_vanished=True).exit_code == 4  # still nothing compared
+    assert json.loads(cmp.to_json())["exit_code"] == 4
+
+
+def test_vanished_cases_fail_unless_allowed(tmp_path: Path) -> None:
+    base = write(tmp_path / "base", rows("b", seed=1))
+    head = write(tmp_path / "head", rows("h", seed=1, drop={"mha/reference-256"}))
+    cmp = gate.compare([base], [head])
+    assert cmp.vanished == 2 and not by_verdict(cmp, "regression")
+    assert cmp.exit_code == gate.EXIT_VANISHED == 5
+    assert cmp.headline().startswith("VANISHED CASES") and "2 base case(s) missing from HEAD" in cmp.headline()
+    assert cmp.to_markdown().startswith("### ❌")
+    allowed = gate.compare([base], [head], allow_vanished=True)
+    assert allowed.exit_code == 0 and allowed.headline().startswith("OK") and "(allowed)" in allowed.headline()
+    assert allowed.to_markdown().startswith("### ✅") and by_verdict(allowed, "vanished")
+    slow = write(tmp_path / "slow", rows("h2", seed=3, slow={"window/flex": 1.3}, drop={"mha/reference-256"}))
+    assert gate.compare([base], [slow]).exit_code == 1  # a regression outranks vanished cases
+
+
+def test_a_corrupt_part_is_refused_not_skipped(tmp_path: Path) -> None:
+    base = write(tmp_path / "base", rows("b", seed=1))
+    head = write(tmp_path / "head", rows("h", seed=1))
+    (head / "part-broken.parquet").write_bytes(b"PAR1 torn")
+    with pytest.raises(gate.GateInputError, match="part-broken.parquet"):
+        gate.compare([base], [head])
+
+
+EVIL = "evil\r[x](https://e.example)\r\n![i](https://e.example/i.png) @team [/] \x0b|"
+
+
+def test_markdown_and_console_escape_hostile_names(tmp_path: Path) -> None:
+    def renamed(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "method": EVIL} if r["method"] == "window" else r for r in rs]
+
+    base = write(tmp_path / "base", renamed(rows("b", seed=1)))
+    head = write(tmp_path / "head", renamed(rows("h", seed=3, slow={"window/flex": 1.3})))
+    cmp = gate.compare([base], [head])
+    assert cmp.exit_code == 1
+    md = cmp.to_markdown()
+    assert "\r" not in md and "\x0b" not in md
+    rows_md = [ln for ln in md.splitlines() if ln.startswith("| regression |")]
+    assert rows_md and all("evil" in ln for ln in rows_md)  # each entry stays on one table row
+    assert all(len(re.findall(r"(?<!\\)\|", ln)) == 9 for ln in rows_md)  # 8 cells, no extra pipe
+    assert not re.search(r"(?<!\\)[\[\]!]", "".join(rows_md))
+    assert "@team" not in md and "@\u200bteam" in md
+    console = Console(record=True, width=300)
+    cmp.render(console)  # rich markup in a name must neither raise nor style
+    assert "[/]" in console.export_text()

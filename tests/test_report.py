@@ -524,3 +524,67 @@ def test_real_cpu_run_renders_next_to_synthetic(tmp_path: Path) -> None:
     cpu_name = df["device_name"].iloc[0]
     assert cpu_name in html
     assert len(D.prepare(load_inputs([cpu]), {})["device"].unique()) == 1
+
+
+HOSTILE = "ctl\x01\x0b\r\n[x](https://e.example) ![i](https://e.example/i.png) @team\r$x$"
+
+
+def test_md_escape_keeps_one_line_and_neutralises_links() -> None:
+    from attnbench.markdown import md_escape
+
+    out = md_escape("a\rb\r\nc\nd\x0be\x00f\u2028g [x](https://e.example) ![i](u) @team a\\|b")
+    assert "\r" not in out and "\n" not in out and "\x0b" not in out and "\u2028" not in out
+    assert out.startswith("a b c d e f g ")
+    assert "\\[x\\](https://e.example)" in out and "\\!\\[i\\](u)" in out
+    assert not re.search(r"(?<!\\)[\[\]!]", out)
+    assert "@team" not in out and "@\u200bteam" in out
+    assert out.endswith("a\\\\\\|b")  # a backslash cannot un-escape the pipe
+
+
+def _hostile_latency(folder: Path) -> Path:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    rs = [r for r in synthetic_rows("GPU", 1.0, "r", t0) if r["suite"] == "latency"]
+    rs = [{**r, "method": HOSTILE} if r["method"] == "toy_linear" else r for r in rs]
+    results.write_part(folder, rs, run_id="r")
+    return folder
+
+
+def test_hostile_names_stay_in_their_cell_and_plots_stay_valid_xml(tmp_path: Path) -> None:
+    folder = _hostile_latency(tmp_path / "in")
+    (folder / "part-torn.parquet").write_bytes(b"PAR1 torn")  # a corrupt part is skipped, and named
+    with pytest.warns(results.SkippedFileWarning, match="part-torn.parquet"):
+        md = markdown_summary([folder])
+    assert "\r" not in md and "\x01" not in md and "\x0b" not in md
+    lines = [ln for ln in md.splitlines() if "ctl" in ln]
+    assert lines and all(ln.startswith("| ctl") and ln.endswith("|") for ln in lines)
+    assert not re.search(r"(?<!\\)[\[\]!]", "".join(lines)) and "@team" not in md
+    with pytest.warns(results.SkippedFileWarning, match="part-torn.parquet"):
+        index = build_site([folder], tmp_path / "site")
+    svgs = list((index.parent / "plots").glob("*.svg"))
+    assert svgs and any("ctl" in s.read_text() for s in svgs)
+    for svg in svgs:
+        ET.parse(svg)
+
+
+def test_plot_labels_with_control_characters_are_valid_svg(tmp_path: Path) -> None:
+    from attnbench.reports.plots import PlotWriter
+
+    w = PlotWriter(tmp_path)
+    bad = "m\x00e\x08t\x0bh\x0c\x1f\x7f\ud800\ufffe\r\nod"
+    plots = [
+        w.lines({bad: [(1.0, 1.0), (2.0, 3.0)]}, title=bad, xlabel=bad, ylabel=bad),
+        w.bars({bad: {bad: 1.0}}, title=bad, ylabel=bad),
+        w.heatmap([[0.5]], xlabels=[bad], ylabels=[bad], title=bad, xlabel=bad, ylabel=bad),
+        w.pareto([(bad, 1.0, 1.0), ("b", 2.0, 2.0)], title=bad, xlabel=bad, ylabel=bad),
+    ]
+    for p in plots:
+        assert p is not None
+        ET.parse(tmp_path / p.src)
+
+
+def test_no_rows_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(results.NoResultsError, match="no result rows"):
+        build_site([tmp_path / "empty"], tmp_path / "site")
+    with pytest.raises(results.NoResultsError, match="no result rows"):
+        markdown_summary([tmp_path / "empty"])

@@ -33,13 +33,15 @@ def ab_compare(
     baseline: str = DENSE_BASELINE,
     console: Console | None = None,
     keep: str | os.PathLike[str] | None = None,
+    allow_vanished: bool = False,
 ) -> Comparison:
     """Run `attnbench run <run_args>` on commit `ref` and on the working tree, interleaved, then compare.
 
     The base commit is checked out as a git worktree and imported through PYTHONPATH, so its own
     code is measured; each round runs both sides (alternating which goes first), and the i-th
     rounds of both sides form a pair for the significance test. `keep`: a folder to copy the
-    results into (`base/round<i>`, `head/round<i>`), e.g. for a CI artifact.
+    results into (`base/round<i>`, `head/round<i>`), e.g. for a CI artifact. `allow_vanished`: as
+    for `compare`.
 
     Raises:
         GateInputError: `ref` is unknown, or a side's run fails.
@@ -69,7 +71,14 @@ def ab_compare(
                     )
                     _run_side(sides[name], run_args, out)
                     outs[name].append(out)
-            cmp = compare(outs["base"], outs["head"], threshold=threshold, alpha=alpha, baseline=baseline)
+            cmp = compare(
+                outs["base"],
+                outs["head"],
+                threshold=threshold,
+                alpha=alpha,
+                baseline=baseline,
+                allow_vanished=allow_vanished,
+            )
             if keep is not None:
                 for name in ("base", "head"):
                     shutil.copytree(tmp / name, Path(keep) / name, dirs_exist_ok=True)

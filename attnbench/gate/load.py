@@ -31,12 +31,13 @@ def load_side(paths: Sequence[str | os.PathLike[str]], side: str) -> pd.DataFram
         The rows, with a `key` column identifying each row within its case across runs.
 
     Raises:
-        GateInputError: nothing given, unreadable input, or no rows.
+        GateInputError: nothing given, unreadable input (a corrupt file is refused, not skipped:
+            skipping it would hide its cases), or no rows.
     """
     if not paths:
         raise GateInputError(f"no {side} results given")
     try:
-        df = load_inputs(paths, latest_only=False)
+        df = load_inputs(paths, latest_only=False, skip_corrupt=False, allow_empty=True)
     except (SchemaError, BenchJsonError, FileNotFoundError) as exc:
         raise GateInputError(f"{side}: {exc}") from None
     if df.empty:

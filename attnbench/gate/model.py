@@ -24,6 +24,12 @@ ORDER = [
 ]
 SHOWN = ["regression", "failed", "vanished", "noisy", "improvement", "fixed", "new", "still_failing"]
 
+# Exit codes of `attnbench compare` (2, unusable input, is the CLI's own; 3 is `run`'s failed cases).
+EXIT_OK = 0
+EXIT_REGRESSION = 1  # a gated metric regressed significantly, or a case went from ok to failed
+EXIT_NOTHING_COMPARED = 4  # no case in common (or nothing in common that the gate judges)
+EXIT_VANISHED = 5  # base cases missing from HEAD (unless `allow_vanished`)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -48,7 +54,10 @@ class Entry:
 
 @dataclass
 class Comparison:
-    """Result of a comparison; `exit_code` is 1 when anything regressed or failed."""
+    """Result of a comparison; see `exit_code` for what passes.
+
+    `allow_vanished`: base cases missing from HEAD do not fail the comparison (they are still listed).
+    """
 
     entries: list[Entry]
     warnings: list[str] = field(default_factory=list)
@@ -58,10 +67,37 @@ class Comparison:
     baseline: str = DENSE_BASELINE
     base_label: str = "base"
     head_label: str = "head"
+    allow_vanished: bool = False
+
+    @property
+    def vanished(self) -> int:
+        """Base cases missing from HEAD."""
+        return sum(e.verdict == "vanished" for e in self.entries)
+
+    @property
+    def nothing_compared(self) -> bool:
+        """No case in common was judged (only vanished and new cases, or nothing at all)."""
+        return all(e.verdict in ("vanished", "new") for e in self.entries)
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(e.verdict in ("regression", "failed") for e in self.entries) else 0
+        """`EXIT_REGRESSION` (1) on a regression or failed case, else `EXIT_NOTHING_COMPARED` (4) when
+        nothing was compared, else `EXIT_VANISHED` (5) when base cases vanished (unless allowed), else 0."""
+        if any(e.verdict in ("regression", "failed") for e in self.entries):
+            return EXIT_REGRESSION
+        if self.nothing_compared:
+            return EXIT_NOTHING_COMPARED
+        if self.vanished and not self.allow_vanished:
+            return EXIT_VANISHED
+        return EXIT_OK
+
+    def status(self) -> str:
+        """The verdict in words: REGRESSION, NOTHING COMPARED, VANISHED CASES or OK."""
+        return {
+            EXIT_REGRESSION: "REGRESSION",
+            EXIT_NOTHING_COMPARED: "NOTHING COMPARED",
+            EXIT_VANISHED: "VANISHED CASES",
+        }.get(self.exit_code, "OK")
 
     def counts(self) -> dict[str, int]:
         """Entries per verdict, most urgent first, zero counts left out."""
@@ -79,12 +115,18 @@ class Comparison:
         )
 
     def headline(self) -> str:
-        status = "REGRESSION" if self.exit_code else "OK"
         counts = ", ".join(f"{v} {k}" for k, v in self.counts().items())
         mode = f"ratios to {self.baseline} (machine mismatch)" if self.normalised else "direct"
+        why = []
+        if self.nothing_compared:
+            why.append("no case in common was compared")
+        if self.vanished:
+            allowed = "allowed" if self.allow_vanished else "not allowed"
+            why.append(f"{self.vanished} base case(s) missing from HEAD ({allowed})")
         return (
-            f"{status}: {self.head_label} vs {self.base_label} — {counts or 'nothing compared'} "
-            f"(threshold ×{self.threshold:g}, alpha {self.alpha:g}, {mode})"
+            f"{self.status()}: {self.head_label} vs {self.base_label} — {counts or 'nothing compared'}"
+            + "".join(f"; {w}" for w in why)
+            + f" (threshold ×{self.threshold:g}, alpha {self.alpha:g}, {mode})"
         )
 
     def render(self, console: Console) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from attnbench.markdown import md_escape
@@ -36,25 +37,25 @@ def fmt(x: float | None) -> str:
 def to_console(cmp: Comparison, console: Console) -> None:
     """Print the warnings, a table of the shown entries and the coloured headline."""
     for w in cmp.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
     rows = cmp.shown()
     if rows:
-        table = Table(title=f"attnbench compare: {cmp.head_label} vs {cmp.base_label}")
+        table = Table(title=escape(f"attnbench compare: {cmp.head_label} vs {cmp.base_label}"))
         for col in COLUMNS:
             table.add_column(col, overflow="fold")
         for e in rows:
             table.add_row(
                 f"[{STYLE.get(e.verdict, 'white')}]{e.verdict}[/]",
-                e.label,
-                e.metric,
+                escape(e.label),
+                escape(e.metric),
                 fmt(e.base),
                 fmt(e.head),
                 fmt(e.factor),
                 fmt(e.p_value),
-                e.note,
+                escape(e.note),
             )
         console.print(table)
-    console.print(("[red]" if cmp.exit_code else "[green]") + cmp.headline() + "[/]", highlight=False)
+    console.print(("[red]" if cmp.exit_code else "[green]") + escape(cmp.headline()) + "[/]", highlight=False)
 
 
 def to_markdown(cmp: Comparison) -> str:
@@ -82,7 +83,9 @@ def to_json(cmp: Comparison) -> str:
     return json.dumps(
         {
             "exit_code": cmp.exit_code,
+            "status": cmp.status(),
             "headline": cmp.headline(),
+            "allow_vanished": cmp.allow_vanished,
             "counts": cmp.counts(),
             "threshold": cmp.threshold,
             "alpha": cmp.alpha,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -31,6 +31,7 @@ class Options:
     baseline: str = DENSE_BASELINE
     bscale: pd.Series | None = None
     hscale: pd.Series | None = None
+    allow_vanished: bool = False
 
     @property
     def normalised(self) -> bool:
@@ -44,10 +45,12 @@ def compare(
     threshold: float = 1.10,
     alpha: float = 0.05,
     baseline: str = DENSE_BASELINE,
+    allow_vanished: bool = False,
 ) -> Comparison:
     """Compare HEAD results with BASE results (folders, Parquet or pytest-benchmark JSON files).
 
     Every run of a case (from the same git sha as its latest run) counts as a replicate.
+    `allow_vanished`: base cases missing from HEAD do not fail it (see `Comparison.exit_code`).
 
     Raises:
         GateInputError: a side is missing, unreadable, empty, or the options are invalid.
@@ -57,7 +60,7 @@ def compare(
     if not 0 < alpha < 1:
         raise GateInputError(f"alpha must be in (0, 1), got {alpha}")
     b, h = load_side(base, "base"), load_side(head, "head")
-    cmp = compare_frames(b, h, Options(threshold, alpha, baseline), metric_table())
+    cmp = compare_frames(b, h, Options(threshold, alpha, baseline, allow_vanished=allow_vanished), metric_table())
     cmp.base_label, cmp.head_label = side_label(b, base), side_label(h, head)
     return cmp
 
@@ -94,8 +97,7 @@ def compare_frames(base: pd.DataFrame, head: pd.DataFrame, opts: Options, table:
         )
         if not ((base["method"] + "/" + base["backend"]) == baseline).any():
             warnings.append(f"baseline {baseline} is absent from base: timings cannot be compared")
-        opts = Options(opts.threshold, opts.alpha, baseline, baseline_scale(base, baseline),
-                       baseline_scale(head, baseline))
+        opts = replace(opts, bscale=baseline_scale(base, baseline), hscale=baseline_scale(head, baseline))
     elif base["device_name"].nunique() > 1:
         base = base.assign(key=base["key"] + "|" + base["device_name"].astype(str))
         head = head.assign(key=head["key"] + "|" + head["device_name"].astype(str))
@@ -138,7 +140,8 @@ def compare_frames(base: pd.DataFrame, head: pd.DataFrame, opts: Options, table:
     undeclared = sorted({str(m) for m in (*base["metric"], *head["metric"]) if table.get(str(m)) is None})
     if undeclared:
         warnings.append(f"not gated, declared by no suite: {', '.join(undeclared)}")
-    return Comparison(entries, warnings, opts.threshold, opts.alpha, opts.normalised, baseline)
+    return Comparison(entries, warnings, opts.threshold, opts.alpha, opts.normalised, baseline,
+                      allow_vanished=opts.allow_vanished)
 
 
 def compare_metric(
