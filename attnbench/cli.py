@@ -1,9 +1,17 @@
-"""`attnbench` command line: list, run, report, compare, env, results compact."""
+"""`attnbench` command line: list, run, report, compare, env, results compact.
+
+Exit codes of `attnbench run`: 0 every case ended ok, unsupported or skipped; 2 bad input (one plain
+line on stderr, nothing written); 3 a case ended error, wrong, timeout or oom (`--allow-failures`
+exits 0); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): finished parts are kept either way.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -20,12 +28,15 @@ app = typer.Typer(help="Benchmark attention mechanisms: speed, memory, FLOPs, co
 results_app = typer.Typer(help="Manage results folders.", no_args_is_help=True)
 app.add_typer(results_app, name="results")
 console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+# Messages are plain text: no markup read from user input, no hard wrapping in logs.
+err = Console(stderr=True, markup=False, highlight=False, emoji=False, soft_wrap=True)
+EXIT_BAD_INPUT, EXIT_FAILURES, EXIT_SIGINT, EXIT_SIGTERM = 2, 3, 130, 143
 
 
-def fail(msg: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise."""
-    err.print(f"[red]error:[/red] {msg}", highlight=False)
+def fail(msg: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    """Print a one-line plain error on stderr and return the Exit to raise."""
+    sys.stderr.write("error: " + " ".join(str(msg).split()) + "\n")
+    sys.stderr.flush()
     return typer.Exit(code)
 
 
@@ -81,10 +92,21 @@ def run(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (recorded).")] = None,
     budget: Annotated[float | None, typer.Option(help="Seconds for the whole run; later cases are "
                                                       "recorded as skipped.")] = None,
+    allow_failures: Annotated[bool, typer.Option(help="Exit 0 even when cases ended error, wrong, timeout "
+                                                      "or oom (otherwise exit 3).")] = False,
+    retry_crashed: Annotated[bool, typer.Option(help="With --resume, run again (in process) cases that "
+                                                     "crashed the process in an earlier run; otherwise they "
+                                                     "are recorded as error.")] = False,
 ) -> None:
-    """Run a preset (default: quick on the best device) into Parquet, then render the site."""
+    """Run a preset (default: quick on the best device) into Parquet, then render the site.
+
+    Exit 0 when every case ended ok/unsupported/skipped, 2 on bad input, 3 when a case ended error,
+    wrong, timeout or oom (unless --allow-failures), 130 on Ctrl-C, 143 on SIGTERM."""
     from attnbench.runner import PlanError, Runner
 
+    _check_numbers(timeout=timeout, budget=budget, threads=threads)
+    if report and site.exists() and not site.is_dir():
+        raise fail(f"--site {site} is a file, not a folder")
     load_plugins()
     overrides = list(set_ or [])
     for key, values in (("suites", suites), ("methods", methods), ("backends", backends)):
@@ -111,25 +133,86 @@ def run(
         raise fail(f"--shard {shard!r} must be i/n with 1 ≤ i ≤ n") from None
     try:
         pre = load_preset(preset, overrides)
-        runner = Runner(pre, out, resume=resume, shard=(i, n), isolate=isolate, timeout_s=timeout,
-                        threads=threads, budget_s=budget, explicit_params=frozenset(explicit))
-        summary = runner.run()
-    except (PresetError, PlanError, UnknownNameError, ValueError) as exc:
+    except PresetError as exc:
         raise fail(str(exc)) from None
+    created = _writable_folder(out)
+    try:
+        runner = Runner(pre, out, resume=resume, shard=(i, n), isolate=isolate, timeout_s=timeout,
+                        threads=threads, budget_s=budget, retry_crashed=retry_crashed,
+                        explicit_params=frozenset(explicit))
+        cases = runner.plan()
+    except (PresetError, PlanError, UnknownNameError, ValueError) as exc:
+        _remove_empty(created)
+        raise fail(str(exc)) from None
+    summary = runner.run(cases)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     err.print(f"run {summary.run_id}: {summary.planned} cases ({summary.skipped_done} already done), "
               f"rows: {counts}; {summary.seconds:.0f} s → {out}/")
+    failed = summary.failure_text()
     if summary.interrupted:
+        if failed:
+            err.print(failed)
         err.print(f"interrupted: finished cases are kept; `attnbench run --resume -o {out}` completes the rest")
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_SIGTERM if summary.signum == signal.SIGTERM else EXIT_SIGINT)
     if report:
         _render(out, site)
+    if failed:
+        err.print(f"{failed} → exit {0 if allow_failures else EXIT_FAILURES}"
+                  f"{'' if allow_failures else ' (--allow-failures exits 0)'}")
+        if not allow_failures:
+            raise typer.Exit(EXIT_FAILURES)
+
+
+def _check_numbers(*, timeout: float | None, budget: float | None, threads: int | None) -> None:
+    for name, value in (("--timeout", timeout), ("--budget", budget)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise fail(f"{name} must be a positive number of seconds, got {value:g}")
+    if threads is not None and threads < 1:
+        raise fail(f"--threads must be at least 1, got {threads}")
+
+
+def _writable_folder(folder: Path) -> list[Path]:
+    """Create `folder` if needed and check it takes files; returns the folders it created (exit 2 if not)."""
+    if folder.exists() and not folder.is_dir():
+        raise fail(f"-o {folder} is a file, not a folder")
+    created = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    probe = folder / f".attnbench-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        _remove_empty(created)
+        raise fail(f"-o {folder} is not a writable folder: {exc.strerror or exc}") from None
+    return created
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders `_writable_folder` created (deepest first), as long as they are empty."""
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:
+            break
+
+
+def warn(msg: str) -> None:
+    """A one-line plain warning on stderr."""
+    sys.stderr.write("warning: " + " ".join(str(msg).split()) + "\n")
 
 
 def _render(results_dir: Path, site: Path) -> None:
+    """The site step of `run`: results already written are safe whatever happens here."""
+    from attnbench import results
     from attnbench.reports import build_site
 
-    index = build_site([results_dir], site)
+    try:
+        with results.skipped_files() as skipped:
+            index = build_site([results_dir], site)
+    except (results.SchemaError, FileNotFoundError, OSError) as exc:
+        raise fail(f"site not rendered ({exc}); the results in {results_dir} are kept") from None
+    for msg in skipped:
+        warn(msg)
     err.print(f"leaderboard → {index}")
 
 
@@ -140,19 +223,25 @@ def report_cmd(
     fmt: Annotated[str, typer.Option("--format", help="html | md")] = "html",
 ) -> None:
     """Render results from any number of machines into a static leaderboard (or Markdown)."""
-    from attnbench import reports
-    from attnbench.results import SchemaError
+    from attnbench import reports, results
 
+    if fmt not in ("html", "md"):
+        raise fail(f"unknown format {fmt!r}; use html or md")
     load_plugins()
     try:
-        if fmt == "md":
-            typer.echo(reports.markdown_summary(inputs))
-        elif fmt == "html":
-            err.print(f"leaderboard → {reports.build_site(inputs, out)}")
-        else:
-            raise fail(f"unknown format {fmt!r}; use html or md")
-    except (SchemaError, FileNotFoundError) as exc:
+        with results.skipped_files() as skipped:
+            if fmt == "md":
+                text = reports.markdown_summary(inputs)
+            else:
+                index = reports.build_site(inputs, out)
+    except (results.SchemaError, FileNotFoundError, results.OutputError) as exc:
         raise fail(str(exc)) from None
+    for msg in skipped:
+        warn(msg)
+    if fmt == "md":
+        typer.echo(text)
+    else:
+        err.print(f"leaderboard → {index}")
 
 
 @app.command()
@@ -170,24 +259,31 @@ def compare(
     keep: Annotated[Path | None, typer.Option(help="In --ab mode, keep both sides' results here.")] = None,
     run_args: Annotated[str, typer.Option(help="Arguments for `attnbench run` in --ab mode.")]
     = "--preset smoke --suites latency",
+    allow_vanished: Annotated[bool, typer.Option(help="Cases of BASE missing from HEAD do not fail.")] = False,
 ) -> None:
-    """Compare HEAD with BASE: exit 1 on a significant regression, 2 on unusable input."""
+    """Compare HEAD with BASE. Exit 0 ok, 1 regression or failed case, 2 unusable input,
+    4 nothing compared (no case in common), 5 cases of BASE vanished from HEAD."""
     import shlex
 
     from attnbench import gate
 
+    fmt = "json" if as_json else fmt
+    if fmt not in ("table", "md", "json"):
+        raise fail(f"unknown format {fmt!r}; use table, md or json")
+    if rounds < 1:
+        raise fail(f"--rounds must be at least 1, got {rounds}")
     load_plugins()
     try:
         if ab:
             cmp = gate.ab_compare(ab, run_args=shlex.split(run_args), rounds=rounds, threshold=threshold,
-                                  alpha=alpha, keep=keep)
+                                  alpha=alpha, keep=keep, allow_vanished=allow_vanished)
         else:
             if not base or len(base) != 2:
                 raise fail("compare takes BASE and HEAD (or --ab REF)")
-            cmp = gate.compare([base[0]], [base[1]], threshold=threshold, alpha=alpha, baseline=baseline)
+            cmp = gate.compare([base[0]], [base[1]], threshold=threshold, alpha=alpha, baseline=baseline,
+                               allow_vanished=allow_vanished)
     except gate.GateInputError as exc:
         raise fail(str(exc)) from None
-    fmt = "json" if as_json else fmt
     if fmt == "json":
         typer.echo(cmp.to_json())
     elif fmt == "md":
@@ -252,13 +348,19 @@ def env(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 @results_app.command("compact")
 def results_compact(folder: Annotated[Path, typer.Argument(help="Results folder.")] = Path("results")) -> None:
-    """Merge a folder's part files into one Parquet file."""
-    from attnbench.results import compact as do_compact
+    """Merge a folder's part files into one Parquet file (exit 1 when corrupt parts were left in place)."""
+    from attnbench import results
 
     try:
-        err.print(f"compacted → {do_compact(folder)}")
-    except FileNotFoundError as exc:
+        with results.skipped_files() as skipped:
+            merged = results.compact(folder)
+    except (FileNotFoundError, results.SchemaError, results.OutputError) as exc:
         raise fail(str(exc)) from None
+    for msg in skipped:
+        warn(msg)
+    err.print(f"compacted → {merged}")
+    if skipped:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 PRESET_NAMES = ("smoke", "quick", "full", "gpu")
+_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")  # taken as a string when not TOML
 
 
 class PresetError(ValueError):
@@ -88,14 +90,19 @@ def load_preset(name_or_path: str, overrides: Iterable[str] = ()) -> Preset:
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
-    """Set `a.b.c=value` in `data`; the value is parsed as TOML (bare words become strings)."""
+    """Set `a.b.c=value` in `data`; the value is parsed as TOML. A value that is not TOML is taken as a
+    string only when it is one plain word (`name`, `a.b/c-d`); anything else (`[32`, `1.2.3`, `a b`) is an
+    error naming the key, so a typo never silently becomes a string."""
     if "=" not in item:
         raise PresetError(f"override {item!r} is not of the form key.path=value")
     key, raw = item.split("=", 1)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
+    except tomllib.TOMLDecodeError as exc:
+        if not _BARE_WORD.fullmatch(raw.strip()):
+            raise PresetError(f"override {key.strip()}: {raw!r} is not a TOML value ({exc}); "
+                              f"quote strings, e.g. {key.strip()}='\"text\"'") from None
+        value = raw.strip()
     node = data
     parts = key.strip().split(".")
     for part in parts[:-1]:

@@ -2,16 +2,20 @@
 
 It owns device selection, seeding, progress, per-case isolation and time limits, OOM/error
 capture (a status row, then on to the next case), resume and sharding. Suites only measure.
+
+Nothing lost, nothing falsely green: every case ends as rows (a status row when it failed); SIGTERM
+stops a run like Ctrl-C (finished parts kept, the running worker killed); a case that takes the
+process down in process is named by its marker and recorded, not rerun, by the next `--resume`
+(`attnbench.isolate`). An `os._exit()` inside an in-process case cannot be caught: its marker
+records it on resume; `--isolate` turns it into an `error` row at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
+import faulthandler
 import signal
-import subprocess
-import sys
+import threading
 import time
 import traceback
 import uuid
@@ -29,10 +33,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from attnbench import device as devmod
 from attnbench import results
+from attnbench.isolate import CRASH_REASON, Markers, clean_temp_parts, row_from_json, row_to_json, run_isolated
 from attnbench.presets import Preset
 from attnbench.registry import METHODS, SUITES, UnknownNameError, load_plugins
 from attnbench.spec import Backend, Status, Workload
 from attnbench.suite import Case, ResolvedCase, Row, status_row
+
+__all__ = ["FAILED", "Interrupted", "PlanError", "RunSummary", "Runner", "classify", "row_from_json",
+           "row_to_json"]
+
+# Statuses that fail a run (exit non-zero); unsupported and skipped are by design.
+FAILED = (Status.ERROR, Status.WRONG, Status.TIMEOUT, Status.OOM)
+# Messages of allocation failures that are not typed as OutOfMemoryError (CPU allocator, malloc).
+_OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory",
+                 "defaultcpuallocator")
 
 # Warnings a benchmark triggers on purpose (eager flex is a measured backend, not a mistake).
 _EXPECTED_WARNINGS = (".*flex_attention called without torch.compile.*", ".*return_lse is deprecated.*")
@@ -40,6 +54,14 @@ _EXPECTED_WARNINGS = (".*flex_attention called without torch.compile.*", ".*retu
 
 class PlanError(ValueError):
     """The requested run is impossible as asked (reported before anything runs)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal other than SIGINT (SIGTERM), handled like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass
@@ -50,7 +72,19 @@ class RunSummary:
     skipped_done: int
     statuses: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
+    signum: int = 0  # the signal that interrupted the run (SIGINT or SIGTERM)
     seconds: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter)  # failed cases per status (FAILED)
+    failed_cases: list[str] = field(default_factory=list)  # their labels
+
+    def failure_text(self, show: int = 3) -> str:
+        """`2 cases failed (error 1, timeout 1): label, label`, or "" when none did."""
+        if not self.failed_cases:
+            return ""
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items()))
+        more = f" and {len(self.failed_cases) - show} more" if len(self.failed_cases) > show else ""
+        n = len(self.failed_cases)
+        return f"{n} case{'s' * (n != 1)} failed ({counts}): {'; '.join(self.failed_cases[:show])}{more}"
 
 
 @dataclass
@@ -65,6 +99,7 @@ class Runner:
     timeout_s: float | None = None
     threads: int | None = None
     budget_s: float | None = None
+    retry_crashed: bool = False
     explicit_params: frozenset[str] = frozenset()
     console: Console = field(default_factory=lambda: Console(stderr=True))
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%S-")
@@ -130,30 +165,50 @@ class Runner:
             raise PlanError(f"{case.method} with {case.params} at {case.workload.id}: {why}")
 
     # -- running --------------------------------------------------------------------------
-    def run(self) -> RunSummary:
-        cases = self.plan()
+    def run(self, cases: list[Case] | None = None) -> RunSummary:
+        """Run `cases` (default: `plan()`), one part file per case; never raises for a case's own faults."""
+        cases = self.plan() if cases is None else cases
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        clean_temp_parts(self.out_dir)
+        markers = Markers(self.out_dir, self.run_id)
+        markers.collect_stale()
         done = results.done_case_ids(self.out_dir) if self.resume else set()
+        # Cases that took a process down are not run again in process (isolated, a crash is just a row).
+        crashed = markers.crashed() if self.resume and not (self.retry_crashed or self.isolate) else {}
         todo = [c for c in cases if c.case_id not in done]
         summary = RunSummary(self.run_id, self.out_dir, len(cases), len(cases) - len(todo))
         start = time.perf_counter()
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[case]}")]
-        with Progress(*columns, console=self.console, transient=False) as progress:
+                   TimeElapsedColumn(), TextColumn("{task.fields[case]}", markup=False)]
+        with _stop_signals(), _fault_handler(), \
+                Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task(f"run {self.run_id}", total=len(todo), case="")
             try:
-                for case in todo:
+                for k, case in enumerate(todo, 1):
                     progress.update(task, case=case.label)
-                    if self.budget_s and time.perf_counter() - start > self.budget_s:
+                    progress.refresh()
+                    if not self.console.is_terminal:  # a log line per case: a crash or hang names its case
+                        self.console.print(f"[{k}/{len(todo)}] {case.label}", markup=False, highlight=False,
+                                           soft_wrap=True)
+                    if case.case_id in crashed:
+                        why = f"{CRASH_REASON} (run {crashed[case.case_id].get('run_id', '?')})"
+                        rows = self.rows(case, case.workload, [status_row(Status.ERROR, why)])
+                    elif self.budget_s and time.perf_counter() - start > self.budget_s:
                         reason = f"run budget of {self.budget_s:g} s exhausted before this case"
                         rows = self.rows(case, case.workload, [status_row(Status.SKIPPED, reason)])
                     else:
+                        if not self.isolate:
+                            markers.enter(case)
                         rows = self.run_case(case)
-                    for r in rows:
-                        summary.statuses[r["status"]] += 1
+                    _count(summary, case, rows)
                     results.write_part(self.out_dir, rows, run_id=self.run_id)
+                    markers.leave(None if case.case_id in crashed else case)
                     progress.advance(task)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 summary.interrupted = True
+                summary.signum = getattr(exc, "signum", signal.SIGINT)
+            finally:
+                markers.leave()  # interrupted (or failed) in Python: not a crash
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -177,7 +232,7 @@ class Runner:
             return self.rows(case, w, [status_row(Status.UNSUPPORTED, str(exc))])
         torch.manual_seed(case.seed)
         if self.isolate:
-            return self.rows(case, w, self._run_isolated(case))
+            return self.rows(case, w, run_isolated(case, self.timeout_s, torch.get_num_threads()))
         return self.rows(case, w, self._run_in_process(suite, rc))
 
     def _run_in_process(self, suite: Any, rc: ResolvedCase) -> list[Row]:
@@ -190,20 +245,6 @@ class Runner:
             raise
         except BaseException as exc:  # noqa: BLE001 — every fault becomes a status row
             return [status_row(*classify(exc))]
-
-    def _run_isolated(self, case: Case) -> list[Row]:
-        cmd = [sys.executable, "-m", "attnbench.worker"]
-        env = {**os.environ, "ATTNBENCH_THREADS": str(torch.get_num_threads())}
-        try:
-            proc = subprocess.run(cmd, input=case.to_json(), capture_output=True, text=True,
-                                  timeout=self.timeout_s, env=env)
-        except subprocess.TimeoutExpired:
-            return [status_row(Status.TIMEOUT, f"exceeded {self.timeout_s:g} s (process killed)")]
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            status = Status.OOM if proc.returncode in (-9, 137) else Status.ERROR
-            return [status_row(status, f"worker exited {proc.returncode}: {tail}")]
-        return [row_from_json(d) for d in json.loads(proc.stdout.strip().splitlines()[-1])]
 
     def rows(self, case: Case, w: Workload, measured: list[Row]) -> list[dict[str, Any]]:
         """Full schema rows: case and device columns plus each measurement."""
@@ -237,7 +278,7 @@ def classify(exc: BaseException) -> tuple[Status, str]:
     msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     if isinstance(exc, TimeoutError):
         return Status.TIMEOUT, msg
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower():
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or any(m in str(exc).lower() for m in _OOM_MESSAGES):
         return Status.OOM, msg
     if isinstance(exc, NotImplementedError):
         return Status.UNSUPPORTED, msg
@@ -268,11 +309,40 @@ def _time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def row_to_json(r: Row) -> dict[str, Any]:
-    return {"metric": r.metric, "value": r.value, "unit": r.unit, "stat": r.stat, "n": r.n, "p20": r.p20,
-            "p80": r.p80, "samples": list(r.samples) if r.samples is not None else None,
-            "status": str(r.status), "error": r.error, "extra": r.extra}
+def _count(summary: RunSummary, case: Case, rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        summary.statuses[r["status"]] += 1
+    failed = [r["status"] for r in rows if r["status"] in FAILED]
+    if failed:
+        summary.failures[failed[0]] += 1
+        summary.failed_cases.append(f"{case.label} [{failed[0]}]")
 
 
-def row_from_json(d: dict[str, Any]) -> Row:
-    return Row(**{**d, "status": Status(d["status"])})
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM raises `Interrupted` (a KeyboardInterrupt) while a run is going, as SIGINT does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def _fault_handler() -> Iterator[None]:
+    """Python tracebacks on stderr if an in-process case segfaults or aborts."""
+    was = faulthandler.is_enabled()
+    with contextlib.suppress(Exception):
+        faulthandler.enable(file=2, all_threads=True)
+    try:
+        yield
+    finally:
+        if not was:
+            faulthandler.disable()

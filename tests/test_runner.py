@@ -105,7 +105,9 @@ def test_resume_after_kill_completes_without_duplicates(tmp_path: Path) -> None:
     proc.wait()
     before = results.load([out])  # every part written so far is readable
     assert not list(out.glob(".*.tmp"))
-    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    # The case in flight at the kill left its marker: a plain --resume would record it as a crash (an OOM kill
+    # looks the same); --retry-crashed runs it again.
+    done = subprocess.run([*args, "--resume", "--retry-crashed"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     after = results.load([out], latest_only=False)
     per_case = after.groupby("case_id")["run_id"].nunique()
