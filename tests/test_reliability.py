@@ -253,3 +253,12 @@ def test_errors_are_plain_unwrapped_lines_in_a_real_process(tmp_path: Path) -> N
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and f"unknown preset {long_name!r}" in proc.stderr, proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_raising_method_is_an_error_row_in_the_flops_suite_too(tmp_path: Path) -> None:
+    """The FLOP counter's fallback (None where it cannot trace) must not swallow the method's own fault."""
+    out = tmp_path / "out"
+    args = [a if a != "latency" else "flops" for a in tiny(32)]
+    proc = attnbench(tmp_path, *args, "-o", str(out), *faults(n32="raise"))
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert by_len(out)[32][0] == "error"
