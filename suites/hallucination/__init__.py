@@ -95,14 +95,16 @@ class ShapesVLM(nn.Module):
     """Patch embedding + token embedding + learned positions → causal blocks → LN → text head."""
 
     def __init__(self, method: str, backend: str, params: dict[str, Any], vocab: Vocab, patch_dim: int,
-                 n_patches: int, text_len: int, d_model: int, n_layers: int, n_heads: int) -> None:
+                 n_patches: int, text_len: int, d_model: int, n_layers: int, n_heads: int,
+                 kv_heads: int | None = None) -> None:
         super().__init__()
         self.n_patches = n_patches
         self.patch = nn.Linear(patch_dim, d_model)
         self.tok = nn.Embedding(vocab.size, d_model)
         self.pos = nn.Parameter(torch.randn(n_patches + text_len, d_model) * 0.02)
         self.blocks = nn.ModuleList(
-            Block(build_layer(method, backend, d_model, n_heads, causal=True, params=params), d_model, True, True)
+            Block(build_layer(method, backend, d_model, n_heads, kv_heads=kv_heads, causal=True, params=params),
+                  d_model, True, True)
             for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab.size)
@@ -221,7 +223,7 @@ def train_model(method: str, backend: str, params: dict[str, Any], o: dict[str, 
     seed_all(seed)
     n_patches = (o["image"] // o["patch"]) ** 2
     model = ShapesVLM(method, backend, params, voc, patches.shape[-1], n_patches, text_len, o["d_model"],
-                      o["n_layers"], o["n_heads"])
+                      o["n_layers"], o["n_heads"], o.get("kv_heads"))
     rng = data_rng(seed, 3)
 
     def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -288,8 +290,10 @@ class Hallucination(ProxySuite):
         return [(w, options(s))]
 
     def run(self, rc: ResolvedCase) -> list[Row]:
-        o, params, seed = rc.options, rc.params, rc.seed
+        o, params, seed, w = rc.options, rc.params, rc.seed, rc.workload
         if not rc.spec.wraps_base:
+            if (w.heads_q, w.heads_kv) != (o["n_heads"], o["n_heads"]):  # heads fitted or grouped (gqa, mqa)
+                o = {**o, "n_heads": w.heads_q, "kv_heads": w.heads_kv}
             model, res = train_model(rc.method, rc.backend, params, o, seed)
             scores = evaluate(model, o, seed, blind=True)
             return [Row(k, v, "fraction" if k != "chair_mentions" else "objects") for k, v in scores.items()] \

@@ -83,3 +83,14 @@ def test_tiny_suite_run_and_intervention():
     got = {r.metric: r.value for r in s.run(ResolvedCase.resolve(case, METHODS))}
     assert "delta_chair_s" in got and got["steps"] == rows["steps"]
     assert s.applies_to(METHODS.get("consistedit"), "reference")  # needs paired branches
+
+
+@pytest.mark.parametrize("method", ["gqa", "mqa"])
+def test_grouped_methods_train_with_their_kv_heads(method: str) -> None:
+    s = SUITES.get("hallucination")
+    tiny = dict(steps=2, n_pool=32, pope_images=4, chair_images=4, d_model=16, batch_size=4, wall_cap_s=1e9)
+    case = s.cases(Preset("smoke", {"suite": {"hallucination": {"methods": [method], **tiny}}}), METHODS)[0]
+    rc = ResolvedCase.resolve(case, METHODS)
+    assert rc.workload.heads_kv < rc.workload.heads_q  # grouped: the layers must be built with these kv heads
+    rows = {r.metric: r.value for r in s.run(rc)}
+    assert 0.0 <= rows["pope_adversarial_f1"] <= 1.0
