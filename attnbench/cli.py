@@ -102,6 +102,7 @@ def run(
 
     Exit 0 when every case ended ok/unsupported/skipped, 2 on bad input, 3 when a case ended error,
     wrong, timeout or oom (unless --allow-failures), 130 on Ctrl-C, 143 on SIGTERM."""
+    from attnbench import results
     from attnbench.runner import PlanError, Runner
 
     _check_numbers(timeout=timeout, budget=budget, threads=threads)
@@ -144,7 +145,11 @@ def run(
     except (PresetError, PlanError, UnknownNameError, ValueError) as exc:
         _remove_empty(created)
         raise fail(str(exc)) from None
-    summary = runner.run(cases)
+    try:
+        summary = runner.run(cases)
+    except results.OutputError as exc:
+        raise fail(f"{exc}; the cases finished before are kept in {out}; "
+                   f"`attnbench run --resume -o {out}` continues once it takes files again") from None
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     err.print(f"run {summary.run_id}: {summary.planned} cases ({summary.skipped_done} already done), "
               f"rows: {counts}; {summary.seconds:.0f} s → {out}/")

@@ -200,8 +200,8 @@ class Runner:
                         if not self.isolate:
                             markers.enter(case)
                         rows = self.run_case(case)
+                    rows = self._write(case, rows)
                     _count(summary, case, rows)
-                    results.write_part(self.out_dir, rows, run_id=self.run_id)
                     markers.leave(None if case.case_id in crashed else case)
                     progress.advance(task)
             except KeyboardInterrupt as exc:
@@ -211,6 +211,18 @@ class Runner:
                 markers.leave()  # interrupted (or failed) in Python: not a crash
         summary.seconds = time.perf_counter() - start
         return summary
+
+    def _write(self, case: Case, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write a case's part; rows that do not fit the schema become one `error` row (the run goes on).
+        A folder that stops taking files (disk full) raises `results.OutputError`: nothing more can be kept."""
+        try:
+            results.write_part(self.out_dir, rows, run_id=self.run_id)
+            return rows
+        except results.SchemaError as exc:
+            why = f"rows do not fit the results schema: {exc}"
+            rows = self.rows(case, case.workload, [status_row(Status.ERROR, why)])
+            results.write_part(self.out_dir, rows, run_id=self.run_id)
+            return rows
 
     def run_case(self, case: Case) -> list[dict[str, Any]]:
         """Measure one case and return full result rows; never raises for the case's own faults.

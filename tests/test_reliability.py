@@ -262,3 +262,40 @@ def test_a_raising_method_is_an_error_row_in_the_flops_suite_too(tmp_path: Path)
     proc = attnbench(tmp_path, *args, "-o", str(out), *faults(n32="raise"))
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert by_len(out)[32][0] == "error"
+
+
+def test_rows_that_do_not_fit_the_schema_become_an_error_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnbench.suite import Row
+
+    suite = SUITES.get("flops")
+    real = suite.run
+    monkeypatch.setattr(suite, "run", lambda rc: [Row("flops_useful", 1.0, n=2**70)] if rc.backend == "sdpa"
+                        else real(rc))
+    args = ["run", "--preset", "smoke", "--suites", "flops", "--methods", "mha", "--backends", "reference,sdpa",
+            *FAST, "-o", str(tmp_path / "r"), "--no-report"]
+    res = cli.invoke(app, args)
+    assert res.exit_code == 3, res.output
+    df = results.load([tmp_path / "r"])
+    bad = df[df["backend"] == "sdpa"]
+    assert list(bad["status"]) == ["error"] and "do not fit the results schema" in bad["error"].iloc[0]
+    assert set(df.loc[df["backend"] == "reference", "status"]) == {"ok"}
+
+
+def test_a_folder_that_stops_taking_files_stops_the_run_and_keeps_parts(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    real = results.write_part
+    written: list[int] = []
+
+    def full_after_one(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        if written:
+            raise results.OutputError("cannot write a part: the disk is full")
+        written.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(results, "write_part", full_after_one)
+    out = tmp_path / "r"
+    res = cli.invoke(app, ["run", "--preset", "smoke", "--suites", "flops", "--methods", "mha", "--backends",
+                           "reference,sdpa", *FAST, "-o", str(out), "--no-report"])
+    assert res.exit_code == 2, res.output
+    assert "disk is full" in res.stderr and "--resume" in res.stderr and len(res.stderr.strip().splitlines()) >= 1
+    assert len(results.load([out])["case_id"].unique()) == 1
