@@ -118,6 +118,7 @@ class Runner:
         """Every case of the preset's suites (this shard), validated before anything runs."""
         if not self.preset.suites:
             raise PlanError(f"preset {self.preset.name!r} names no suites")
+        self._check_names()
         cases: list[Case] = []
         for name in self.preset.suites:
             try:
@@ -128,14 +129,16 @@ class Runner:
                 cases.extend(suite.cases(self.preset, METHODS))
             except (ValueError, KeyError) as exc:
                 raise PlanError(f"suite {name}: {exc}") from None
-        self._check_selection(cases)
+        if not cases:
+            raise PlanError("the selection matches no case (check --methods/--backends/--suites)")
         for case in cases:
             self._check_explicit(case)
         i, n = self.shard
         return [c for k, c in enumerate(sorted(cases, key=lambda c: c.case_id)) if k % n == i - 1] \
             if n > 1 else cases
 
-    def _check_selection(self, cases: list[Case]) -> None:
+    def _check_names(self) -> None:
+        """Explicit (wildcard-free) method and backend names must exist, before any suite plans."""
         for key in ("methods", "backends"):
             for pattern in self.preset.data.get(key, ["*"]):
                 if any(ch in pattern for ch in "*?["):
@@ -146,8 +149,6 @@ class Runner:
                     if what == "method":
                         METHODS.get(pattern)  # raises with close matches
                     raise PlanError(f"unknown backend {pattern!r}; valid: {', '.join(known)}")
-        if not cases:
-            raise PlanError("the selection matches no case (check --methods/--backends/--suites)")
 
     def _check_explicit(self, case: Case) -> None:
         if case.method not in self.explicit_params:

@@ -299,3 +299,10 @@ def test_a_folder_that_stops_taking_files_stops_the_run_and_keeps_parts(tmp_path
     assert res.exit_code == 2, res.output
     assert "disk is full" in res.stderr and "--resume" in res.stderr and len(res.stderr.strip().splitlines()) >= 1
     assert len(results.load([out])["case_id"].unique()) == 1
+
+
+def test_unknown_backend_is_named_before_any_suite_plans(tmp_path: Path) -> None:
+    res = cli.invoke(app, ["run", "--preset", "smoke", "--suites", "mqar,latency", "--backends", "sdpaa",
+                           "-o", str(tmp_path / "r"), "--no-report"])
+    assert res.exit_code == 2 and "unknown backend 'sdpaa'; valid:" in res.stderr, res.output
+    assert not (tmp_path / "r").exists()
