@@ -33,8 +33,8 @@ from attnbench.proxy.suite import ProxySettings, ProxySuite, accepts_spatial, mo
 from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, predict, seed_all, train
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.settings import SettingsError, settings
-from attnbench.spec import Workload
-from attnbench.suite import ResolvedCase, Row
+from attnbench.spec import Status, Workload
+from attnbench.suite import ResolvedCase, Row, status_row
 
 
 @settings
@@ -164,10 +164,13 @@ class ImageCls(ProxySuite):
         o, seed, chunk = rc.options, rc.seed, rc.case.workload.batch
         dev = torch.device(rc.case.workload.device)
         gen = torch.Generator().manual_seed(seed)
-        if o["dataset"] == "imagefolder":
-            batch_fn, steps_per_epoch, test, classes = self._folder(o, gen)
-        else:
-            batch_fn, steps_per_epoch, test, classes = self._arrays(o, seed, gen)
+        try:
+            if o["dataset"] == "imagefolder":
+                batch_fn, steps_per_epoch, test, classes = self._folder(o, gen)
+            else:
+                batch_fn, steps_per_epoch, test, classes = self._arrays(o, seed, gen)
+        except (ImportError, FileNotFoundError) as exc:  # an optional data source that is not installed
+            return [status_row(Status.SKIPPED, f"{o['dataset']} data unavailable here ({exc})")]
         seed_all(seed)
         chans = 3 if o["dataset"] == "imagefolder" else 1
         cfg = model_config(rc, in_dim=o["patch"] ** 2 * chans, out_dim=len(classes), n_layers=o["n_layers"],

@@ -281,3 +281,19 @@ def test_tiers_and_shapes_defaults():
     assert case.param_dict == {"window": 3} and case.option_dict["steps"] == 11
     own = Preset("smoke", {**p.data, "suite": {"mqar": {"params": {"sliding_window": {"window": 8}}}}})
     assert [c.param_dict for c in mqar.cases(own, METHODS)] == [{"window": 8}]
+
+
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "digits"])
+def test_missing_image_data_is_skipped_not_error(dataset: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain install without an optional data source records `skipped` with the reason, never `error`."""
+    from attnbench.proxy import data as proxydata
+
+    def missing(*a: Any, **kw: Any) -> Any:
+        raise (FileNotFoundError("no such file: train-images-idx3-ubyte.gz") if dataset == "fashion-mnist"
+               else ModuleNotFoundError("No module named 'sklearn'"))
+
+    monkeypatch.setattr(proxydata, "fashion_mnist" if dataset == "fashion-mnist" else "digits", missing)
+    s = SUITES.get("image_cls")
+    preset = Preset("smoke", {"suite": {"image_cls": {**TINY["image_cls"], "dataset": dataset, "methods": ["mha"]}}})
+    rows = s.run(ResolvedCase.resolve(s.cases(preset, METHODS)[0], METHODS))
+    assert [r.status for r in rows] == ["skipped"] and "data unavailable" in rows[0].error
