@@ -129,6 +129,7 @@ class Runner:
                 cases.extend(suite.cases(self.preset, METHODS))
             except (ValueError, KeyError) as exc:
                 raise PlanError(f"suite {name}: {exc}") from None
+        self._check_other_sections()
         if not cases:
             raise PlanError("the selection matches no case (check --methods/--backends/--suites)")
         for case in cases:
@@ -136,6 +137,21 @@ class Runner:
         i, n = self.shard
         return [c for k, c in enumerate(sorted(cases, key=lambda c: c.case_id)) if k % n == i - 1] \
             if n > 1 else cases
+
+    def _check_other_sections(self) -> None:
+        """`[suite.<name>]` sections of suites this run does not select are validated too: a typo is
+        refused rather than silently ignored."""
+        for name in self.preset.data.get("suite", {}):
+            if name in self.preset.suites:
+                continue
+            try:
+                settings = getattr(SUITES.get(name), "settings", None)
+                if settings is not None:
+                    settings(self.preset)
+            except UnknownNameError as exc:
+                raise PlanError(f"[suite.{name}]: {exc}") from None
+            except ValueError as exc:
+                raise PlanError(f"suite {name}: {exc}") from None
 
     def _check_names(self) -> None:
         """Explicit (wildcard-free) method and backend names must exist, before any suite plans."""

@@ -306,3 +306,15 @@ def test_unknown_backend_is_named_before_any_suite_plans(tmp_path: Path) -> None
                            "-o", str(tmp_path / "r"), "--no-report"])
     assert res.exit_code == 2 and "unknown backend 'sdpaa'; valid:" in res.stderr, res.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("suite.latency.seqlens=[32]", "unknown key(s) 'seqlens'"),
+    ("suite.mqar.stepz=3", "unknown key(s) 'stepz'"),
+    ("suite.nosuch.x=1", "unknown suite 'nosuch'"),
+])
+def test_sections_of_suites_not_run_are_validated_too(tmp_path: Path, item: str, message: str) -> None:
+    res = cli.invoke(app, ["run", "--preset", "smoke", "--suites", "flops", "--methods", "mha", "--set", item,
+                           "-o", str(tmp_path / "r"), "--no-report"])
+    assert res.exit_code == 2 and message in res.stderr, res.output
+    assert not (tmp_path / "r").exists()
