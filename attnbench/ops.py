@@ -86,6 +86,13 @@ def workload_of(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Mapping[
                     device=q.device.type, spatial=tuple(spatial) if spatial else None)
 
 
+def sdpa_can_run(w: Workload, params: Params) -> str | None:
+    """SDPA's `is_causal` is top-left aligned: refuse causal cases with seq_q != seq_kv (e.g. decode steps)."""
+    if w.causal and w.seq_q != w.seq_kv:
+        return "SDPA is_causal is top-left aligned; causal needs seq_q == seq_kv"
+    return None
+
+
 def flex_can_run(w: Workload, params: Params) -> str | None:
     """Why FlexAttention cannot run `w` here (no backward on CPU, no float64 on GPU), or None."""
     if w.mode != "fwd" and w.device == "cpu":

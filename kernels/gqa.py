@@ -9,16 +9,9 @@ import torch
 
 from attnbench.impls.gqa import SPEC
 from attnbench.kernels.mha import mha_sdpa
-from attnbench.ops import expect_kv_heads
+from attnbench.ops import expect_kv_heads, sdpa_can_run
 from attnbench.registry import register_backend
-from attnbench.spec import Backend, Params, Workload
-
-
-def sdpa_can_run(w: Workload, params: Params) -> str | None:
-    """SDPA's `is_causal` is top-left aligned: refuse causal cases with seq_q != seq_kv."""
-    if w.causal and w.seq_q != w.seq_kv:
-        return "SDPA is_causal is top-left aligned; causal needs seq_q == seq_kv"
-    return None
+from attnbench.spec import Backend
 
 
 @register_backend(SPEC, Backend.SDPA, can_run=sdpa_can_run)

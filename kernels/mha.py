@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.impls.mha import SPEC
+from attnbench.ops import sdpa_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 
 
-@register_backend(SPEC, Backend.SDPA)
+@register_backend(SPEC, Backend.SDPA, can_run=sdpa_can_run)
 def mha_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
     """`F.scaled_dot_product_attention`, GQA through `enable_gqa`."""
     if causal and q.shape[-2] != k.shape[-2]:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 
 from attnbench.impls.mqa import SPEC
-from attnbench.kernels.gqa import sdpa_can_run
 from attnbench.kernels.mha import mha_sdpa
-from attnbench.ops import expect_kv_heads
+from attnbench.ops import expect_kv_heads, sdpa_can_run
 from attnbench.registry import register_backend
 from attnbench.spec import Backend
 
