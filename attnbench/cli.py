@@ -1,4 +1,4 @@
-"""`attnbench` command line: list, run, report, compare, env, results compact.
+"""`attnbench` command line: list, run, report, compare, analyze, export-tasks, env, results compact.
 
 Exit codes of `attnbench run`: 0 every case ended ok, unsupported or skipped; 2 bad input (one plain
 line on stderr, nothing written); 3 a case ended error, wrong, timeout or oom (`--allow-failures`
@@ -336,6 +336,23 @@ def analyze(
     for metric in sorted({r["metric"] for r in rows}):
         (heatmaps / f"{metric}.svg").write_text(heatmap_svg(rows, metric))
     err.print(f"{len(full)} head-score rows → {part}; heatmaps → {heatmaps}/")
+
+
+@app.command("export-tasks")
+def export_tasks_cmd(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the task YAML and JSONL data.")] = Path("tasks"),
+    seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 0,
+) -> None:
+    """attnbench's proxies (passkey/NIAH, MQAR) as lm-eval tasks with local data; nothing is fetched.
+
+    Score any local Hugging Face model with an attnbench attention on them:
+    `python -m attnbench.lmeval run --model attnbench --model_args pretrained=PATH,method=NAME
+    --tasks attnbench --include_path OUT`."""
+    from attnbench.tasks import export_tasks
+
+    _writable_folder(out)
+    names = export_tasks(out, seed=seed)
+    err.print(f"{len(names)} lm-eval tasks and groups → {out}/: {', '.join(names)}")
 
 
 @app.command()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 PRESET_NAMES = ("smoke", "quick", "full", "gpu")
-_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")  # taken as a string when not TOML
+_BARE_WORD = re.compile(r"[A-Za-z_/.~][A-Za-z0-9_./~+-]*")  # a word or a path: a string when not TOML
 
 
 class PresetError(ValueError):
