@@ -163,9 +163,11 @@ class LMEval:
         for entry in methods:
             overrides = dict(s.params.get(entry.name, {}))
             entry.spec.params(overrides)  # unknown keys raise before anything runs
+            # attnbench.hf repeats the model's kv heads for a method that takes no grouped kv heads
+            mw = w if entry.spec.capabilities.gqa else w.replace(heads_kv=w.heads_q)
             for backend in backends:
                 if backend in entry.impls and preset.selects(entry.name, backend, self.name):
-                    out.append(Case(self.name, entry.name, backend, w, params_json(overrides), s.seed, preset.name,
+                    out.append(Case(self.name, entry.name, backend, mw, params_json(overrides), s.seed, preset.name,
                                     self.version, opts))
         return out
 
