@@ -37,6 +37,13 @@ from typing import Any
 PROXY_FORMAT = "attnbench-proxy/1"
 
 
+
+def generation_request(r: Any) -> tuple[str, dict[str, Any], list[str]]:
+    """A `generate_until` request as (context, generation kwargs, stop strings)."""
+    ctx, kw = r.args[0], dict(r.args[1] or {})
+    until = kw.get("until") or []
+    return ctx, kw, [until] if isinstance(until, str) else list(until)
+
 def register() -> tuple[type, type]:
     """Register `attnbench` and `attnbench-proxy` with lm-eval (idempotent); returns the two classes."""
     from lm_eval.api.registry import register_model
@@ -246,9 +253,7 @@ def _plain_hf(TemplateLM: type, torch: Any) -> type:
         def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
             out = []
             for r in requests:
-                ctx, kw = r.args[0], dict(r.args[1] or {})
-                until = kw.get("until") or []
-                until = [until] if isinstance(until, str) else list(until)
+                ctx, kw, until = generation_request(r)
                 ids = self.tok_encode(ctx)[-self.max_length:]
                 x = torch.tensor([ids], device=self.device)
                 with torch.no_grad():
@@ -332,9 +337,7 @@ def _proxy_lm(LM: type, torch: Any) -> type:
         def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
             out = []
             for r in requests:
-                ctx, kw = r.args[0], dict(r.args[1] or {})
-                until = kw.get("until") or []
-                until = [until] if isinstance(until, str) else list(until)
+                ctx, kw, until = generation_request(r)
                 ids, new, text = encode(ctx, self.vocab), [], ""
                 for _ in range(int(kw.get("max_gen_toks", 16))):
                     seq = ids[-self.max_length:] if self.max_length else ids
