@@ -37,7 +37,6 @@ from typing import Any
 PROXY_FORMAT = "attnbench-proxy/1"
 
 
-
 def generation_request(r: Any) -> tuple[str, dict[str, Any], list[str]]:
     """A `generate_until` request as (context, generation kwargs, stop strings)."""
     ctx, kw = r.args[0], dict(r.args[1] or {})
