@@ -97,14 +97,22 @@ def run(
     retry_crashed: Annotated[bool, typer.Option(help="With --resume, run again (in process) cases that "
                                                      "crashed the process in an earlier run; otherwise they "
                                                      "are recorded as error.")] = False,
+    executor: Annotated[str, typer.Option(help="local | ray: one Ray task per case; the parts are written "
+                                               "here.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (e.g. auto) for --executor ray; "
+                                                     "default: a local Ray.")] = None,
 ) -> None:
     """Run a preset (default: quick on the best device) into Parquet, then render the site.
 
     Exit 0 when every case ended ok/unsupported/skipped, 2 on bad input, 3 when a case ended error,
     wrong, timeout or oom (unless --allow-failures), 130 on Ctrl-C, 143 on SIGTERM."""
-    from attnbench import results
+    from attnbench import executors, results
     from attnbench.runner import PlanError, Runner
 
+    try:
+        pool = executors.make(executor, address)
+    except executors.ExecutorError as exc:
+        raise fail(str(exc)) from None
     _check_numbers(timeout=timeout, budget=budget, threads=threads)
     if report and site.exists() and not site.is_dir():
         raise fail(f"--site {site} is a file, not a folder")
@@ -146,7 +154,7 @@ def run(
         _remove_empty(created)
         raise fail(str(exc)) from None
     try:
-        summary = runner.run(cases)
+        summary = runner.run(cases, executor=pool)
     except results.OutputError as exc:
         raise fail(f"{exc}; the cases finished before are kept in {out}; "
                    f"`attnbench run --resume -o {out}` continues once it takes files again") from None

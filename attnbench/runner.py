@@ -182,9 +182,12 @@ class Runner:
             raise PlanError(f"{case.method} with {case.params} at {case.workload.id}: {why}")
 
     # -- running --------------------------------------------------------------------------
-    def run(self, cases: list[Case] | None = None) -> RunSummary:
-        """Run `cases` (default: `plan()`), one part file per case; never raises for a case's own faults."""
+    def run(self, cases: list[Case] | None = None, executor: Any = None) -> RunSummary:
+        """Run `cases` (default: `plan()`), one part file per case; never raises for a case's own faults.
+        `executor` (e.g. `attnbench.executors.RayExecutor`) runs them elsewhere: `executor.run(self, cases)`."""
         cases = self.plan() if cases is None else cases
+        if executor is not None:
+            return executor.run(self, cases)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         clean_temp_parts(self.out_dir)
         markers = Markers(self.out_dir, self.run_id)
@@ -195,10 +198,7 @@ class Runner:
         todo = [c for c in cases if c.case_id not in done]
         summary = RunSummary(self.run_id, self.out_dir, len(cases), len(cases) - len(todo))
         start = time.perf_counter()
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[case]}", markup=False)]
-        with _stop_signals(), _fault_handler(), \
-                Progress(*columns, console=self.console, transient=False) as progress:
+        with _stop_signals(), _fault_handler(), self.progress() as progress:
             task = progress.add_task(f"run {self.run_id}", total=len(todo), case="")
             try:
                 for k, case in enumerate(todo, 1):
@@ -228,6 +228,12 @@ class Runner:
                 markers.leave()  # interrupted (or failed) in Python: not a crash
         summary.seconds = time.perf_counter() - start
         return summary
+
+    def progress(self) -> Progress:
+        """The run's progress bar (cases done of those to run), shared by every executor."""
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[case]}", markup=False)]
+        return Progress(*columns, console=self.console, transient=False)
 
     def _write(self, case: Case, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Write a case's part; rows that do not fit the schema become one `error` row (the run goes on).
