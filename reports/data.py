@@ -44,6 +44,17 @@ class Table:
     columns: list[tuple[str, str]]  # (label, tooltip)
     rows: list[tuple[str, list[Cell]]] = field(default_factory=list)
     caption: str = ""
+    # a ranked table: `children[i]` are row i's detail rows (shown on demand, ranked with it);
+    # `rank_keys` are the (column index, label, +1 higher is better / -1 lower) it can be ranked by
+    children: list[list[tuple[str, list[Cell]]]] = field(default_factory=list)
+    rank_keys: list[tuple[int, str, int]] = field(default_factory=list)
+    downloads: list[tuple[str, str]] = field(default_factory=list)  # (format, href) of this table's files
+
+    @property
+    def groups(self) -> list[tuple[str, list[Cell], list[tuple[str, list[Cell]]]]]:
+        """(family, cells, detail rows) of each row (no detail rows for a plain table)."""
+        kids = self.children or [[] for _ in self.rows]
+        return [(f, cells, k) for (f, cells), k in zip(self.rows, kids, strict=True)]
 
     @property
     def families(self) -> list[str]:

@@ -28,10 +28,13 @@ def _cell(metric: str, unit: str, v: Any) -> D.Cell:
     return D.empty_cell() if v is None or pd.isna(v) else D.Cell(D.fmt(metric, unit, float(v)), float(v), "num")
 
 
+Bars = dict[str, dict[str, dict[str, float]]]  # metric label → `pair N<seq>` → device → value
+
+
 def cross_device(
     df: pd.DataFrame, devices: list[str], method_href: Mapping[str, str], peak: Peak
-) -> tuple[D.Table, dict[str, dict[str, float]]] | None:
-    """The cross-device table and its bars (`pair N<seq>` → device → % of peak or speedup).
+) -> tuple[D.Table, Bars] | None:
+    """The cross-device table and its bars, one metric each (% of peak; speedup vs dense).
 
     None when fewer than two devices or no timed row that ran ok.
     """
@@ -54,7 +57,8 @@ def cross_device(
             (f"{d}: speedup", f"vs {DENSE_BASELINE} on the same device"),
         ]
     t = D.Table("xdev", cols, caption="Same method and shape on each device, normalised to the device")
-    bars: dict[str, dict[str, float]] = {}
+    sp_label = f"{cat.label(speedup)} (×)" if speedup else "speedup vs dense (×)"
+    bars: Bars = {f"{share_label} (%)": {}, sp_label: {}}
     for idx, r in per.iterrows():
         k = dict(zip(key, idx, strict=True))
         have = [d for d in devs if pd.notna(r.get((d, time), np.nan))]
@@ -77,9 +81,9 @@ def cross_device(
                 _cell(share or "", "%", pct),
                 _cell("", "x", sp),
             ]
-            if pd.notna(pct) or pd.notna(sp):
-                bars.setdefault(f"{k['pair']} N{_f(k['seq_len']) or 0:g}", {})[d] = (
-                    float(pct) if pd.notna(pct) else float(sp)
-                )
+            group = f"{k['pair']} N{_f(k['seq_len']) or 0:g}"
+            for what, v in ((f"{share_label} (%)", pct), (sp_label, sp)):
+                if pd.notna(v):
+                    bars[what].setdefault(group, {})[d] = float(v)
         t.rows.append((k["family"], cells))
-    return t, bars
+    return t, {what: groups for what, groups in bars.items() if groups}

@@ -63,6 +63,7 @@ class Leaderboard:
     shapes: dict[str, dict[str, Any] | None]
     timing_suite: str | None
     columns: list[tuple[str, str]] = field(default_factory=list)  # (suite, metric) of the headline columns
+    proxies: list[tuple[str, str]] = field(default_factory=list)  # (suite, metric) of the proxy columns after them
 
     @property
     def timing_shape(self) -> dict[str, Any] | None:
@@ -131,6 +132,8 @@ def leaderboard(res: Results, dev: str, method_href: Mapping[str, str] | None = 
         rows = dd[dd["suite"] == suite]
         if rows.empty or not (spec.role or (rows["metric"] == spec.name).any()):
             continue
+        if any(m == spec.name for _, m in columns):
+            continue
         if suite not in shapes:
             shapes[suite] = D.headline_shape(rows)
         where = D.shape_label(shapes[suite]) if shapes[suite] else ""
@@ -179,7 +182,7 @@ def leaderboard(res: Results, dev: str, method_href: Mapping[str, str] | None = 
         board.rows.append((fam, cells))
         if len(lat) and (lat["pair"] == pair).any():
             agg.rows.append((fam, [*head, *_aggregate_cells(lat, pair, wrong, wins, cat)]))
-    return Leaderboard(dev, board, agg, shapes, timing, columns)
+    return Leaderboard(dev, board, agg, shapes, timing, columns, proxies)
 
 
 def _aggregate_cells(

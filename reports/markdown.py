@@ -1,6 +1,7 @@
-"""Markdown summary of results (for READMEs and PR comments): the leaderboard of each device.
+"""Markdown summary of results (for READMEs and PR comments): the ranked leaderboard of each device.
 
-Renders the same model as the site (`reports.leaderboard`), without writing any file.
+Renders the same model as the site's overview (`reports.leaderboard`, `reports.ranking`): one row
+per method, its fastest fused backend, ranked by the default headline metric; no file is written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from attnbench.benchjson import load_inputs
 from attnbench.markdown import md_escape
 from attnbench.reports import data as D
 from attnbench.reports.leaderboard import Results, leaderboard, run_summary
+from attnbench.reports.ranking import ranked
 
 
 def table_markdown(t: D.Table) -> str:
@@ -54,5 +56,11 @@ def markdown_summary(inputs: Sequence[str | os.PathLike[str]]) -> str:
                 f"{md_escape(lb.timing_note())}; "
                 f"fast₁ = share of {md_escape(lb.timing_suite or '')} cases correct and faster than dense."
             )
-        parts += ["", table_markdown(lb.board), ""]
+        t = ranked(lb)
+        if t.rank_keys:
+            parts.append(
+                f"One row per method (its fastest fused backend), ranked by {md_escape(t.rank_keys[0][1])}; "
+                "the site lists every backend and ranks by any column."
+            )
+        parts += ["", table_markdown(t), ""]
     return "\n".join(parts)

@@ -105,7 +105,10 @@ class Catalog:
     def board_columns(self) -> list[tuple[str, MetricSpec]]:
         """(suite, spec) of the kernel headline columns, in display order, each metric once."""
         kernel = [s for s in sorted(self.kinds) if self.is_kernel(s)]
-        kernel.sort(key=lambda s: min((_rank(h) for h in self.table.headline(s)), default=3))
+        # the timing suite first: a metric it shares with another suite (latency) is read from it
+        kernel.sort(
+            key=lambda s: (s != self.timing_suite, min((_rank(h) for h in self.table.headline(s)), default=3))
+        )
         out: list[tuple[str, MetricSpec]] = []
         seen: set[str] = set()
         for suite in kernel:

@@ -30,6 +30,21 @@ _STYLE = {
 }
 
 
+# Series styles: ten colours while they suffice, then twenty, each series also cycling markers (and,
+# past twenty, line styles), so no two of the first 40 series share a (colour, marker) pair.
+_TAB10 = [matplotlib.colormaps["tab10"](i) for i in range(10)]
+_TAB20 = [matplotlib.colormaps["tab20"](i) for i in range(20)]
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINES = ("-", "--", ":", "-.")
+_HATCHES = ("", "//", "..", "xx")
+
+
+def series_style(i: int, n: int) -> tuple[tuple[float, ...], str, str]:
+    """(colour, marker, line style) of series `i` of `n`."""
+    palette = _TAB10 if n <= 10 else _TAB20
+    return tuple(palette[i % len(palette)]), _MARKERS[i % len(_MARKERS)], _LINES[(i // len(palette)) % len(_LINES)]
+
+
 @dataclass(frozen=True)
 class Plot:
     src: str  # path relative to the site root
@@ -90,23 +105,27 @@ class PlotWriter:
         ylabel: str,
         logx: bool = True,
         logy: bool = True,
+        xticks: tuple[tuple[float, str], ...] = (),
     ) -> Plot | None:
-        """One line per series (x, y points), log-log by default."""
+        """One line per series (x, y points), log-log by default; `xticks`: (x, label) to name the x values."""
         series = {k: v for k, v in series.items() if v}
         if not series:
             return None
         with plt.rc_context(_STYLE):
             fig, ax = plt.subplots(figsize=(6.4, 3.8))
-            fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.92)
-            for label, pts in sorted(series.items()):
+            fig.subplots_adjust(left=0.12, right=0.97, bottom=0.2 if xticks else 0.13, top=0.92)
+            for i, (label, pts) in enumerate(sorted(series.items())):
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o", ms=3, label=safe(label))
+                color, marker, ls = series_style(i, len(series))
+                ax.plot(xs, ys, marker=marker, ls=ls, color=color, ms=3.5, label=safe(label))
             if logx and all(x > 0 for v in series.values() for x, _ in v):
                 ax.set_xscale("log", base=2)
             if logy and all(y > 0 for v in series.values() for _, y in v):
                 ax.set_yscale("log")
+            if xticks:
+                ax.set_xticks([x for x, _ in xticks], [safe(t) for _, t in xticks], rotation=30, ha="right")
             ax.set(xlabel=safe(xlabel), ylabel=safe(ylabel), title=safe(title))
-            ax.legend(fontsize=7, ncol=1 + len(series) // 12, loc="upper left")
+            ax.legend(fontsize=7, ncol=1 + len(series) // 12, loc="best" if xticks else "upper left")
             return self._save(fig, title)
 
     @_memo
@@ -126,8 +145,9 @@ class PlotWriter:
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
             fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.93)
             ax.step(*zip(*front, strict=True), where="post", color="0.6", lw=1, label="Pareto front")
-            for lab, x, y in pts:
-                ax.scatter([x], [y], s=18)
+            for i, (lab, x, y) in enumerate(pts):  # direct labels, and distinct (colour, marker) pairs
+                color, marker, _ = series_style(i, len(pts))
+                ax.scatter([x], [y], s=18, color=color, marker=marker)
                 ax.annotate(safe(lab), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xscale("log")
             ax.set(xlabel=safe(xlabel), ylabel=safe(ylabel), title=safe(title))
@@ -178,7 +198,9 @@ class PlotWriter:
             for i, name in enumerate(names):
                 xs = [k + i * width for k, g in enumerate(groups) if name in groups[g]]
                 ys = [groups[g][name] for g in groups if name in groups[g]]
-                ax.bar(xs, ys, width, label=safe(name))
+                color = series_style(i, len(names))[0]
+                hatch = _HATCHES[(i // 20) % len(_HATCHES)] or None
+                ax.bar(xs, ys, width, label=safe(name), color=color, hatch=hatch, edgecolor="white", linewidth=0.3)
             ax.set_xticks(
                 [k + 0.4 - width / 2 for k in range(len(groups))],
                 [safe(g) for g in groups],

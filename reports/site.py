@@ -19,15 +19,19 @@ from typing import Any
 import jinja2
 import pandas as pd
 
+from attnbench import results
 from attnbench.benchjson import load_inputs
 from attnbench.metrics import DENSE_BASELINE
 from attnbench.reports import data as D
+from attnbench.reports import exports
 from attnbench.reports import methods as M
 from attnbench.reports.devices import cross_device
 from attnbench.reports.figures import SuiteFigures
+from attnbench.reports.history import has_history, method_history
 from attnbench.reports.leaderboard import Results, leaderboard, run_summary
 from attnbench.reports.meaning import catalog
 from attnbench.reports.plots import Plot, PlotWriter
+from attnbench.reports.ranking import ranked
 
 UNIT_WORDS = {"B": "bytes"}  # axis labels spell out terse units
 
@@ -61,10 +65,12 @@ def _axis(metric: str) -> str:
 class SiteBuilder:
     """Holds the merged frame and writes every page."""
 
-    def __init__(self, df: pd.DataFrame, out: Path) -> None:
+    def __init__(self, df: pd.DataFrame, out: Path, raw: pd.DataFrame | None = None) -> None:
         self.res = Results.of(df)
         self.df, self.warnings = self.res.df, self.res.warnings
         self.out = out
+        self.raw = df if raw is None else raw  # every run read (history, results.parquet)
+        self.raw_href = ""
         self.plots = PlotWriter(out)
         self.fig = SuiteFigures(self.plots)
         used: set[str] = set()
@@ -73,6 +79,16 @@ class SiteBuilder:
         }
         self.suite_href = {s: f"suite-{D.slug(s, used)}.html" for s in sorted(set(self.df["suite"]))}
         self.devices = self.res.devices
+        self.everything = (
+            D.prepare(self.raw, {n: e.spec.family for n, e in self.res.entries.items()})
+            if has_history(self.raw)
+            else None
+        )
+        self.history_href = {
+            m: f"history-{h.removeprefix('method-')}"
+            for m, h in self.method_href.items()
+            if self.everything is not None and has_history(self.everything[self.everything["method"] == m])
+        }
         env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(resources.files("attnbench.reports") / "templates")),
             autoescape=True,
@@ -88,7 +104,13 @@ class SiteBuilder:
             + [(s, h) for s, h in self.suite_href.items()]
             + [("Methods", "methods.html"), ("Devices", "devices.html")]
         )
-        html = self.env.get_template(template).render(nav=nav, page=name, warnings=self.warnings, **ctx)
+        tables = [t for sec in ctx.get("sections", []) for t in sec.tables]
+        tables += [v for v in ctx.values() if isinstance(v, D.Table)]
+        for t in tables:  # the downloads of every table shown, from the same model
+            t.downloads = exports.write_table(t, self.out, name.removesuffix(".html"))
+        html = self.env.get_template(template).render(
+            nav=nav, page=name, warnings=self.warnings, raw_href=self.raw_href, **ctx
+        )
         path = self.out / name
         path.write_text(html, encoding="utf-8")
         return path
@@ -99,6 +121,11 @@ class SiteBuilder:
         for item in (resources.files("attnbench.reports") / "static").iterdir():
             if item.is_file():
                 (static / item.name).write_bytes(item.read_bytes())
+        if (self.out / "tables").is_dir():
+            shutil.rmtree(self.out / "tables")
+        for stale in self.out.glob("history-*.html"):  # a rebuild from results of one commit has none
+            stale.unlink()
+        self.raw_href = exports.write_results(self.raw, self.out)
         for suite, href in self.suite_href.items():
             self.render(href, "suite.html", title=f"Suite: {suite}", suite=suite, sections=self.suite_sections(suite))
         for method, href in self.method_href.items():
@@ -108,7 +135,15 @@ class SiteBuilder:
                 title=f"Method: {method}",
                 method=method,
                 info=M.method_info(self.res, method),
+                history=self.history_href.get(method, ""),
                 sections=self.method_sections(method),
+            )
+        for method, href in self.history_href.items():
+            self.render(
+                href,
+                "generic.html",
+                title=f"History: {method}",
+                sections=self.history_sections(method),
             )
         methods = M.methods_table(self.res, self.method_href)
         self.render("methods.html", "methods.html", title="Methods", methods=methods)
@@ -129,7 +164,11 @@ class SiteBuilder:
         for dev in self.devices:
             lb = leaderboard(self.res, dev, self.method_href)
             dd = self.res.on(dev)
-            sec = Section(dev, f"dev-{D.slug(dev, set())}", tables=[lb.board])
+            sec = Section(dev, f"dev-{D.slug(dev, set())}", tables=[ranked(lb)])
+            sec.lines.append(
+                "One row per method: its fastest fused backend (▸ shows the others), ranked by the metric "
+                "chosen above the table; accuracy proxies are means over their suite's cases."
+            )
             if lb.timing_note():
                 sec.lines.append(
                     f"{lb.timing_note()} (the shape most method/backends ran); other shapes on the suite pages."
@@ -209,6 +248,27 @@ class SiteBuilder:
             out += self.suite_sections(suite, method)
         return out
 
+    def history_sections(self, method: str) -> list[Section]:
+        """One section per headline metric: its value per commit (table) and as lines."""
+        assert self.everything is not None
+        out = []
+        for h in method_history(self.everything, method):
+            sec = Section(f"{h.label} ({h.suite})", f"h-{D.slug(h.suite + '-' + h.metric, set())}", tables=[h.table])
+            sec.lines.append("One line per backend (and device): the value at each commit, oldest first.")
+            p = self.plots.lines(
+                h.series,
+                title=f"{method}: {h.label} per commit",
+                xlabel="commit (oldest → newest)",
+                ylabel=_axis(h.metric),
+                logx=False,
+                logy=False,
+                xticks=h.ticks,
+            )
+            if p:
+                sec.plots.append(p)
+            out.append(sec)
+        return out
+
     # -- devices --------------------------------------------------------------------------
     def device_sections(self) -> list[Section]:
         intro = Section("Devices", "devices")
@@ -229,16 +289,17 @@ class SiteBuilder:
         else:
             sec.lines.append(
                 "Normalised to each device: % of its dense peak where the peak is known, and "
-                "speedup against the dense baseline measured on the same device."
+                "speedup against the dense baseline measured on the same device (one metric per plot)."
             )
-            longest = sorted(bars, key=lambda s: float(s.rsplit("N", 1)[1]))[-24:]
-            p = self.plots.bars(
-                {k: bars[k] for k in longest},
-                title="% of peak (or speedup vs dense) by device",
-                ylabel="% of peak / speedup",
-            )
-            if p:
-                sec.plots.append(p)
+            for what, groups in bars.items():
+                longest = sorted(groups, key=lambda s: float(s.rsplit("N", 1)[1]))[-24:]
+                p = self.plots.bars(
+                    {k: groups[k] for k in longest},
+                    title=f"{what} by device",
+                    ylabel=what,
+                )
+                if p:
+                    sec.plots.append(p)
         return [intro, sec]
 
 
@@ -251,9 +312,10 @@ def build_site(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
         attnbench.results.SchemaError: a file of an unknown schema major version.
         FileNotFoundError: an input does not exist.
     """
-    df = load_inputs(inputs)
+    raw = load_inputs(inputs, latest_only=False)
+    df = results.merge([raw], latest_only=True)
     out = Path(out_dir)
     if (out / "plots").is_dir():
         shutil.rmtree(out / "plots")
     out.mkdir(parents=True, exist_ok=True)
-    return SiteBuilder(df, out).build()
+    return SiteBuilder(df, out, raw).build()

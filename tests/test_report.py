@@ -382,7 +382,7 @@ def test_every_string_is_escaped(site: tuple[Path, list[Path]]) -> None:
 def test_leaderboard_cells(site: tuple[Path, list[Path]]) -> None:
     index, _ = site
     html = index.read_text()
-    assert html.count('class="sortable"') >= 4  # leaderboard + aggregates per device
+    assert html.count('class="sortable') >= 4  # ranked leaderboard + aggregates per device
     for dev in DEVICES:
         assert dev in html
     assert re.search(
@@ -410,8 +410,11 @@ def test_markdown_summary(site: tuple[Path, list[Path]]) -> None:
     assert "### NVIDIA H100 80GB HBM3" in md and "### NVIDIA A100-SXM4-80GB" in md
     assert XSS not in md and "&lt;script&gt;" in md
     assert "| oom |" in md or "oom" in md
-    table_lines = [ln for ln in md.splitlines() if ln.startswith("| mha")]
-    assert len(table_lines) == 4  # sdpa and reference on each device
+    table_lines = [ln for ln in md.splitlines() if re.match(r"\| \d+ \| mha \|", ln)]
+    assert len(table_lines) == 2 and all("| sdpa |" in ln for ln in table_lines)  # one row per method and device
+    ranks = [ln.split("|")[2].strip() for ln in md.splitlines() if re.match(r"\| \d+ \|", ln)][:3]
+    assert ranks == ["&lt;script&gt;alert(1)&lt;/script&gt;", "mha", "toy\\_linear"]  # A100: toy_linear ran oom
+    assert "ranked by speedup vs dense" in md
 
 
 def test_unknown_schema_major_is_refused(tmp_path: Path) -> None:
@@ -556,7 +559,7 @@ def test_hostile_names_stay_in_their_cell_and_plots_stay_valid_xml(tmp_path: Pat
         md = markdown_summary([folder])
     assert "\r" not in md and "\x01" not in md and "\x0b" not in md
     lines = [ln for ln in md.splitlines() if "ctl" in ln]
-    assert lines and all(ln.startswith("| ctl") and ln.endswith("|") for ln in lines)
+    assert lines and all(re.match(r"\| \d+ \| ctl", ln) and ln.endswith("|") for ln in lines)
     assert not re.search(r"(?<!\\)[\[\]!]", "".join(lines)) and "@team" not in md
     with pytest.warns(results.SkippedFileWarning, match="part-torn.parquet"):
         index = build_site([folder], tmp_path / "site")
@@ -588,3 +591,129 @@ def test_no_rows_is_an_error(tmp_path: Path) -> None:
         build_site([tmp_path / "empty"], tmp_path / "site")
     with pytest.raises(results.NoResultsError, match="no result rows"):
         markdown_summary([tmp_path / "empty"])
+
+
+# -- the ranked overview, downloads, history, plot styles ------------------------------------------
+
+
+def _groups(html: str, table_prefix: str) -> list[list[list[str]]]:
+    """Per method group of the ranked table whose id starts with `table_prefix`: its rows' cell texts."""
+    start = html.index(f'<table id="{table_prefix}')
+    body = html[start : html.index("</table>", start)]
+    out = []
+    for grp in re.findall(r'<tbody class="grp".*?</tbody>', body, re.S):
+        rows = re.findall(r"<tr class=\"(?:best|alt)\".*?</tr>", grp, re.S)
+        cells = [re.findall(r"<td[^>]*>(.*?)</td>", r, re.S) for r in rows]
+        out.append([[re.sub(r"<[^>]+>", "", c).strip() for c in row] for row in cells])
+    return out
+
+
+def test_overview_ranks_one_row_per_method_by_speedup(site: tuple[Path, list[Path]]) -> None:
+    index, _ = site
+    html = index.read_text()
+    groups = _groups(html, "lb-nvidia-h100")
+    best = [g[0] for g in groups]
+    methods = [r[1] for r in best]
+    assert sorted(methods) == sorted({"mha", "toy_linear", "&lt;script&gt;alert(1)&lt;/script&gt;"})
+    # speedup vs dense on H100: toy_linear 2.5×, the XSS method 1.43×, mha 1×
+    assert methods == ["toy_linear", "&lt;script&gt;alert(1)&lt;/script&gt;", "mha"]
+    assert [r[0].split()[0] for r in best] == ["1", "2", "3"]
+    mha = groups[methods.index("mha")]
+    assert mha[0][2] == "sdpa" and [r[2] for r in mha[1:]] == ["reference"]  # the fused backend, not reference
+    assert 'class="rankby"' in html and "MQAR accuracy (higher is better)" in html
+    assert "latency (lower is better)" in html
+
+
+def test_ranking_model_keys_and_reference_fallback(tmp_path: Path) -> None:
+    from attnbench.reports.leaderboard import Results, leaderboard
+    from attnbench.reports.ranking import ranked
+
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    rows = [r for r in synthetic_rows("GPU", 1.0, "r", t0) if not (r["method"] == "mha" and r["backend"] == "sdpa")]
+    res = Results.of(results.to_table(rows).to_pandas())
+    t = ranked(leaderboard(res, "GPU"))
+    labels = [label for label, _ in t.columns]
+    by_method = {cells[1].text: cells for _, cells in t.rows}
+    assert by_method["mha"][2].text == "reference"  # only a reference backend: it stands in
+    assert len(t.rows) == len(t.children) == 3
+    keys = {label: (col, d) for col, label, d in t.rank_keys}
+    assert t.rank_keys[0][1] == "speedup vs dense" and keys["latency"][1] == -1 and keys["MQAR accuracy"][1] == 1
+    assert labels[keys["MQAR accuracy"][0]] == "MQAR accuracy"
+    speed = [cells[keys["speedup vs dense"][0]].sort for _, cells in t.rows]
+    assert speed == sorted(speed, reverse=True)
+
+
+def test_downloads_exist_and_round_trip(site: tuple[Path, list[Path]]) -> None:
+    import pandas as pd
+
+    index, inputs = site
+    root = index.parent
+    html = index.read_text()
+    links = re.findall(r'<a href="(tables/[^"]+)" download>', html)
+    assert len(links) >= 8 and all((root / ln).is_file() for ln in links)  # CSV + Parquet of each table
+    for csv in [root / ln for ln in links if ln.endswith(".csv")]:
+        a, b = pd.read_csv(csv, keep_default_na=False), pd.read_parquet(csv.with_suffix(".parquet"))
+        assert list(a.columns) == list(b.columns) and len(a) == len(b)
+        for col in (c for c in b.columns if c.endswith("(value)")):
+            assert a[col].replace("", float("nan")).astype(float).round(9).equals(b[col].round(9))
+    lb = next(root / ln for ln in links if "--lb-nvidia-h100" in ln and ln.endswith(".parquet"))
+    df = pd.read_parquet(lb)
+    assert set(df["method"]) >= {"mha", "toy_linear", XSS} and df["best"].sum() == 3 and len(df) == 4
+    assert "speedup vs dense (value)" in df.columns
+    for page in ("methods.html", "devices.html", "suite-latency.html"):
+        assert 'href="tables/' in (root / page).read_text(), page
+    raw = pd.read_parquet(root / "results.parquet")
+    assert len(raw) == len(load_inputs(inputs, latest_only=False))
+    assert len(load_inputs([root / "results.parquet"])) == len(load_inputs(inputs))
+    assert 'href="results.parquet"' in html
+
+
+def test_history_only_with_two_commits(site: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    index, _ = site
+    assert not list(index.parent.glob("history-*.html"))  # one sha: no history
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    for i, (sha, slow) in enumerate((("aaa111", 1.0), ("bbb222", 0.8), ("ccc333", 0.5))):
+        rows = [{**r, "git_sha": sha} for r in synthetic_rows("GPU", slow, f"r{i}", t0 + timedelta(days=i))]
+        results.write_part(tmp_path / "in", rows, run_id=f"r{i}")
+    out = build_site([tmp_path / "in"], tmp_path / "site").parent
+    page = next(out.glob("history-mha*.html"))
+    text = page.read_text()
+    assert "aaa111" in text and "bbb222" in text and "ccc333" in text
+    assert "speedup vs dense" in text and "MQAR accuracy" in text
+    assert text.index("aaa111") < text.index("ccc333")  # oldest first
+    svg = re.search(r'<img src="(plots/[0-9a-f]+\.svg)"', text)
+    assert svg and "bbb222" in (out / svg.group(1)).read_text()  # commits name the x axis
+    method = next(out.glob("method-mha*.html")).read_text()
+    assert f'href="{page.name}"' in method
+
+
+def test_many_series_get_distinct_styles(tmp_path: Path) -> None:
+    from attnbench.reports.plots import PlotWriter, series_style
+
+    for n in (12, 20, 40):
+        styles = [series_style(i, n) for i in range(n)]
+        assert len({(c, m) for c, m, _ in styles}) == n
+    assert len({series_style(i, 12)[0] for i in range(12)}) == 12  # twelve colours, not ten repeating
+    w = PlotWriter(tmp_path)
+    p = w.lines({f"s{i}": [(1.0, i + 1.0), (2.0, i + 2.0)] for i in range(14)}, title="t", xlabel="x", ylabel="y")
+    assert p is not None
+    svg = (tmp_path / p.src).read_text()
+    assert len(set(re.findall(r"stroke: (#[0-9a-f]{6})", svg))) >= 14
+
+
+def test_cross_device_plots_one_metric_per_axis(site: tuple[Path, list[Path]]) -> None:
+    from attnbench.reports.devices import cross_device
+    from attnbench.reports.leaderboard import Results
+
+    index, inputs = site
+    res = Results.of(load_inputs(inputs))
+    peaks = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA A100-SXM4-80GB": 312.0}
+    got = cross_device(res.df, res.devices, {}, lambda d, dt: peaks.get(d))
+    assert got is not None
+    _, bars = got
+    assert set(bars) == {"% of peak (%)", "speedup vs dense (×)"}
+    speed = [v for g in bars["speedup vs dense (×)"].values() for v in g.values()]
+    assert sorted(set(round(v, 3) for v in speed)) == [0.333, 1.0, 1.429, 2.5]
+    devices = (index.parent / "devices.html").read_text()
+    assert "% of peak (%) by device" in devices and "speedup vs dense (×) by device" in devices
+    assert "% of peak / speedup" not in devices
