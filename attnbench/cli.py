@@ -8,10 +8,8 @@ exits 0); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): finished parts are
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
-import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -19,9 +17,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import attnbench
 from attnbench.metrics import DENSE_BASELINE
 from attnbench.presets import PresetError, load_preset
-from attnbench.registry import METHODS, SUITES, UnknownNameError, load_plugins
+
+# The registry (→ torch) is imported inside the commands: `attnbench --help` never imports torch.
 
 app = typer.Typer(help="Benchmark attention mechanisms: speed, memory, FLOPs, correctness, accuracy.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -33,6 +33,18 @@ err = Console(stderr=True, markup=False, highlight=False, emoji=False, soft_wrap
 EXIT_BAD_INPUT, EXIT_FAILURES, EXIT_SIGINT, EXIT_SIGTERM = 2, 3, 130, 143
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"attnbench {attnbench.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Benchmark attention mechanisms: speed, memory, FLOPs, correctness, accuracy."""
+
+
 def fail(msg: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     """Print a one-line plain error on stderr and return the Exit to raise."""
     sys.stderr.write("error: " + " ".join(str(msg).split()) + "\n")
@@ -40,16 +52,17 @@ def fail(msg: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _split(values: list[str] | None) -> list[str]:
-    return [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
-
-
 @app.command("list")
 def list_methods(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
                  family: Annotated[str | None, typer.Option(help="Only this family.")] = None) -> None:
-    """Methods × backends × capabilities, and the suites."""
+    """Methods × backends × capabilities, whether each backend runs on this machine, and the suites."""
+    from attnbench import device as devmod
+    from attnbench.registry import METHODS, SUITES, load_plugins
+
     load_plugins()
     entries = [e for e in METHODS if family is None or e.spec.family == family]
+    here = devmod.best_device()
+    why = {e.name: {b.value: devmod.runs_here(e, b, here) for b in e.backends} for e in entries}
     if as_json:
         out = [{"name": e.name, "title": e.spec.title, "family": e.spec.family, "kind": e.spec.kind,
                 "paper": {"title": e.spec.paper.title, "year": e.spec.paper.year, "url": e.spec.paper.url},
@@ -57,16 +70,20 @@ def list_methods(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
                 "capabilities": {"causal": e.spec.capabilities.causal,
                                  "noncausal": e.spec.capabilities.noncausal, "gqa": e.spec.capabilities.gqa,
                                  "backward": e.spec.capabilities.backward,
-                                 "dims": list(e.spec.capabilities.dims)}} for e in entries]
-        typer.echo(json.dumps({"methods": out, "suites": SUITES.names()}, indent=2, default=str))
+                                 "dims": list(e.spec.capabilities.dims)}, "runs_here": why[e.name]}
+               for e in entries]
+        typer.echo(json.dumps({"methods": out, "suites": SUITES.names(), "device": here}, indent=2, default=str))
         return
     table = Table(title=f"{len(entries)} methods")
-    for col in ("method", "family", "kind", "backends", "mask", "gqa", "bwd", "dims", "paper"):
+    for col in ("method", "family", "kind", "backends", f"runs here ({here})", "mask", "gqa", "bwd", "dims",
+                "paper"):
         table.add_column(col, no_wrap=col in ("method", "family", "kind"), overflow="fold")
     for e in entries:
         c = e.spec.capabilities
         mask = "both" if c.causal and c.noncausal else ("causal" if c.causal else "full")
-        table.add_row(e.name, e.spec.family, e.spec.kind, ", ".join(b.value for b in e.backends), mask,
+        no = {b: r.split(" (")[0] for b, r in why[e.name].items() if r}
+        runs = "; ".join(f"✗ {b}: {r}" for b, r in no.items()) or "✓"
+        table.add_row(e.name, e.spec.family, e.spec.kind, ", ".join(b.value for b in e.backends), runs, mask,
                       "✓" if c.gqa else "", "✓" if c.backward else "", ",".join(map(str, c.dims)),
                       f"{e.spec.paper.arxiv} ({e.spec.paper.year})")
     console.print(table)
@@ -101,58 +118,55 @@ def run(
                                                "here.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (e.g. auto) for --executor ray; "
                                                      "default: a local Ray.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved plan (cases, budgets, a rough "
+                                                             "time estimate) and exit; runs and writes nothing.")]
+    = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: the plan as JSON.")] = False,
 ) -> None:
     """Run a preset (default: quick on the best device) into Parquet, then render the site.
 
     Exit 0 when every case ended ok/unsupported/skipped, 2 on bad input, 3 when a case ended error,
     wrong, timeout or oom (unless --allow-failures), 130 on Ctrl-C, 143 on SIGTERM."""
-    from attnbench import executors, results
+    from attnbench import executors, plan, results
+    from attnbench.registry import METHODS, UnknownNameError, load_plugins
     from attnbench.runner import PlanError, Runner
 
     try:
         pool = executors.make(executor, address)
     except executors.ExecutorError as exc:
         raise fail(str(exc)) from None
-    _check_numbers(timeout=timeout, budget=budget, threads=threads)
+    try:
+        plan.check_numbers(timeout=timeout, budget=budget, threads=threads)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if as_json and not dry_run:
+        raise fail("--json goes with --dry-run (the results of a run are in -o)")
     if report and site.exists() and not site.is_dir():
         raise fail(f"--site {site} is a file, not a folder")
     load_plugins()
-    overrides = list(set_ or [])
-    for key, values in (("suites", suites), ("methods", methods), ("backends", backends)):
-        if values:
-            overrides.append(f"{key}={json.dumps(_split(values))}")
-    if device:
-        overrides.append(f"device={json.dumps(device)}")
-    explicit = set()
-    for item in param or []:
-        name, _, rest = item.partition(".")
-        if not rest or "=" not in rest:
-            raise fail(f"--param {item!r} is not of the form method.key=value")
-        try:
-            METHODS.get(name)
-        except UnknownNameError as exc:
-            raise fail(str(exc)) from None
-        overrides.append(f"shapes.params.{name}.{rest}")
-        explicit.add(name)
     try:
-        i, n = (int(x) for x in shard.split("/"))
-        if not 1 <= i <= n:
-            raise ValueError
-    except ValueError:
-        raise fail(f"--shard {shard!r} must be i/n with 1 ≤ i ≤ n") from None
-    try:
+        lists = {"suites": suites, "methods": methods, "backends": backends}
+        overrides, explicit = plan.overrides(set_, lists, device, param, METHODS.get)
+        i, n = plan.parse_shard(shard)
         pre = load_preset(preset, overrides)
-    except PresetError as exc:
+    except (PresetError, UnknownNameError, ValueError) as exc:
         raise fail(str(exc)) from None
-    created = _writable_folder(out)
+    created = [] if dry_run else _writable_folder(out)
     try:
         runner = Runner(pre, out, resume=resume, shard=(i, n), isolate=isolate, timeout_s=timeout,
                         threads=threads, budget_s=budget, retry_crashed=retry_crashed,
                         explicit_params=frozenset(explicit))
         cases = runner.plan()
     except (PresetError, PlanError, UnknownNameError, ValueError) as exc:
-        _remove_empty(created)
+        plan.remove_empty(created)
         raise fail(str(exc)) from None
+    if dry_run:
+        described = plan.describe(runner, cases)
+        if as_json:
+            typer.echo(json.dumps(described, indent=2, default=str))
+        else:
+            plan.render(described, console)
+        return
     try:
         summary = runner.run(cases, executor=pool)
     except results.OutputError as exc:
@@ -176,37 +190,14 @@ def run(
             raise typer.Exit(EXIT_FAILURES)
 
 
-def _check_numbers(*, timeout: float | None, budget: float | None, threads: int | None) -> None:
-    for name, value in (("--timeout", timeout), ("--budget", budget)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise fail(f"{name} must be a positive number of seconds, got {value:g}")
-    if threads is not None and threads < 1:
-        raise fail(f"--threads must be at least 1, got {threads}")
-
-
 def _writable_folder(folder: Path) -> list[Path]:
     """Create `folder` if needed and check it takes files; returns the folders it created (exit 2 if not)."""
-    if folder.exists() and not folder.is_dir():
-        raise fail(f"-o {folder} is a file, not a folder")
-    created = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
-    probe = folder / f".attnbench-probe-{uuid.uuid4().hex[:8]}"
+    from attnbench.plan import writable_folder
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        _remove_empty(created)
-        raise fail(f"-o {folder} is not a writable folder: {exc.strerror or exc}") from None
-    return created
-
-
-def _remove_empty(created: list[Path]) -> None:
-    """Remove the folders `_writable_folder` created (deepest first), as long as they are empty."""
-    for p in reversed(created):
-        try:
-            p.rmdir()
-        except OSError:
-            break
+        return writable_folder(folder)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
 
 def warn(msg: str) -> None:
@@ -240,6 +231,8 @@ def report_cmd(
 
     if fmt not in ("html", "md"):
         raise fail(f"unknown format {fmt!r}; use html or md")
+    from attnbench.registry import load_plugins
+
     load_plugins()
     try:
         with results.skipped_files() as skipped:
@@ -285,6 +278,8 @@ def compare(
         raise fail(f"unknown format {fmt!r}; use table, md or json")
     if rounds < 1:
         raise fail(f"--rounds must be at least 1, got {rounds}")
+    from attnbench.registry import load_plugins
+
     load_plugins()
     try:
         if ab:
@@ -322,6 +317,7 @@ def analyze(
 
     from attnbench import device as devmod
     from attnbench import results
+    from attnbench.registry import METHODS, SUITES, UnknownNameError, load_plugins
 
     load_plugins()
     try:
@@ -365,10 +361,11 @@ def export_tasks_cmd(
 
 @app.command()
 def env(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The device and software a run here would record."""
+    """The device and software a run here would record, plus Python, CUDA/cuDNN/driver, GPU clocks, peer
+    libraries and whether the git tree is dirty."""
     from attnbench import device as devmod
 
-    info = devmod.capture(devmod.best_device()).as_dict()
+    info = devmod.environment(devmod.best_device())
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return

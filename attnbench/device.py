@@ -110,3 +110,100 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# -- `attnbench env` and `attnbench list`: what this machine can run (not recorded in rows) ----------------
+PEER_LIBRARIES = {"natten": "natten", "flash_attn": "flash-attn", "xformers": "xformers",
+                  "fla": "flash-linear-attention", "triton": "triton", "transformers": "transformers",
+                  "lm_eval": "lm-eval", "ray": "ray"}  # import name → distribution name
+_PEER_BACKENDS = ("natten", "flash_attn", "xformers", "fla", "triton")  # backends named after their library
+_CUDA_ONLY_BACKENDS = ("triton", "flash_attn", "fla")
+
+
+def package_version(import_name: str) -> str:
+    """Installed version of a library by import name, or "not installed"."""
+    import importlib.metadata
+
+    for dist in dict.fromkeys((PEER_LIBRARIES.get(import_name, import_name), import_name)):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def runs_here(entry: object, backend: object, device: str) -> str | None:
+    """Why `entry`'s `backend` cannot run on `device` (a small default workload), or None."""
+    import importlib.util
+
+    from attnbench.kernelsuite import natural_form
+    from attnbench.spec import Workload
+
+    b = str(backend)
+    if b in _PEER_BACKENDS and importlib.util.find_spec(b) is None:
+        return f"{b} is not installed"
+    if b in _CUDA_ONLY_BACKENDS and not device.startswith("cuda"):
+        return f"{b} needs CUDA"
+    try:
+        params = entry.spec.params({})  # type: ignore[attr-defined]
+        w = entry.spec.shape(natural_form(entry, Workload(device=device)), params)  # type: ignore[arg-type,attr-defined]
+        return entry.impl(backend).can_run(w, params)  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 — a check that fails is a reason, not a crash of `list`
+        return f"check failed: {type(exc).__name__}: {exc}"
+
+
+def git_dirty() -> bool | None:
+    """Whether the package's git checkout has uncommitted changes (None: not a git checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain"], capture_output=True,
+                             cwd=Path(__file__).resolve().parent, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def _gpu_driver() -> dict[str, object]:
+    """Driver version and GPU clocks (MHz) from pynvml, else from `nvidia-smi`; {} without either."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            drv = pynvml.nvmlSystemGetDriverVersion()
+            out: dict[str, object] = {"driver_version": drv.decode() if isinstance(drv, bytes) else str(drv)}
+            clocks = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                clocks.append({"sm_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                               "sm_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+                               "mem_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)})
+            out["gpu_clocks"] = clocks
+            return out
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 — not installed, or no NVIDIA driver
+        pass
+    try:
+        q = "driver_version,clocks.sm,clocks.max.sm,clocks.mem"
+        res = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    rows = [[x.strip() for x in line.split(",")] for line in res.stdout.splitlines() if line.strip()]
+    if res.returncode != 0 or not rows:
+        return {}
+    return {"driver_version": rows[0][0],
+            "gpu_clocks": [{"sm_mhz": r[1], "sm_max_mhz": r[2], "mem_mhz": r[3]} for r in rows if len(r) == 4]}
+
+
+def environment(device: str) -> dict[str, object]:
+    """What a run records (`capture`), plus Python, CUDA/cuDNN/driver, clocks, peers and git state."""
+    info = capture(device).as_dict()
+    info["python_version"] = platform.python_version()
+    info["cuda_version"] = torch.version.cuda or "none"
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    info["cudnn_version"] = str(cudnn) if cudnn else "none"
+    info.update(_gpu_driver())
+    info["peer_versions"] = {name: package_version(name) for name in PEER_LIBRARIES}
+    info["git_dirty"] = git_dirty()
+    return info

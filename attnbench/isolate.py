@@ -1,6 +1,7 @@
 """Process safety for the runner: isolated workers (parent side) and in-process crash markers.
 
-Isolated cases (`--isolate`) run in `python -m attnbench.worker`, in a process group of their own.
+Isolated cases (`--isolate`) run in `python -m attnbench.worker`, in a process group of their own (on
+CPU forked by the run's warm zygote, `attnbench.zygote`, so torch is imported once per run, not per case).
 The worker reports on a dedicated pipe (fd `ATTNBENCH_RESULT_FD`), never on stdout, one line per
 message: `ready` once its imports are done (the case's time limit starts then), then `rows <json>`.
 Its stdout and stderr go to a log whose last lines explain an exit without a result. The group is
@@ -41,22 +42,25 @@ CRASH_REASON = "crashed the process (segfault?) in a previous run; --retry-crash
 
 
 # -- isolated worker, parent side ---------------------------------------------------------------
-def run_isolated(case: Case, timeout_s: float | None, threads: int) -> list[Row]:
-    """Run `case` in a fresh worker process; every way the worker can end gives rows."""
+def run_isolated(case: Case, timeout_s: float | None, threads: int, zygote: Any = None) -> list[Row]:
+    """Run `case` in a fresh worker process (forked by `zygote`, an `attnbench.zygote.Zygote`, when given
+    and alive); every way the worker can end gives rows."""
     read_fd, write_fd = os.pipe()
     env = {**os.environ, "ATTNBENCH_THREADS": str(threads), RESULT_FD_ENV: str(write_fd),
            PARENT_ENV: str(os.getpid())}
     with tempfile.TemporaryFile() as log:
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "attnbench.worker"], stdin=subprocess.PIPE, stdout=log,
-                                    stderr=log, env=env, pass_fds=(write_fd,), start_new_session=True)
+            proc = zygote.spawn(case.to_json(), write_fd, log) if zygote is not None and zygote.alive else None
+            if proc is None:
+                proc = subprocess.Popen([sys.executable, "-m", "attnbench.worker"], stdin=subprocess.PIPE,
+                                        stdout=log, stderr=log, env=env, pass_fds=(write_fd,), start_new_session=True)
         finally:
             os.close(write_fd)
         try:
             with contextlib.suppress(BrokenPipeError):  # a worker that died at once: its exit says why
-                assert proc.stdin is not None
-                proc.stdin.write(case.to_json().encode())
-                proc.stdin.close()
+                if proc.stdin is not None:
+                    proc.stdin.write(case.to_json().encode())
+                    proc.stdin.close()
             chan = _Channel(read_fd, proc)
             if chan.wait_for("ready", STARTUP_LIMIT_S) is None and not chan.closed:
                 return [status_row(Status.TIMEOUT, f"worker not ready within {STARTUP_LIMIT_S:g} s (killed)")]

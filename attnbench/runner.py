@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnbench import device as devmod
 from attnbench import results
@@ -38,6 +38,8 @@ from attnbench.presets import Preset
 from attnbench.registry import METHODS, SUITES, UnknownNameError, load_plugins
 from attnbench.spec import Backend, Status, Workload
 from attnbench.suite import Case, ResolvedCase, Row, status_row
+from attnbench.zygote import Zygote
+from attnbench.zygote import start as start_zygote
 
 __all__ = ["FAILED", "Interrupted", "PlanError", "RunSummary", "Runner", "classify", "row_from_json",
            "row_to_json"]
@@ -104,6 +106,7 @@ class Runner:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%S-")
                         + uuid.uuid4().hex[:6])
+    zygote: Any = field(default=False, init=False, repr=False)  # warm worker parent (None: start when needed)
 
     def __post_init__(self) -> None:
         load_plugins()
@@ -197,7 +200,7 @@ class Runner:
         crashed = markers.crashed() if self.resume and not (self.retry_crashed or self.isolate) else {}
         todo = [c for c in cases if c.case_id not in done]
         summary = RunSummary(self.run_id, self.out_dir, len(cases), len(cases) - len(todo))
-        start = time.perf_counter()
+        start, self.zygote = time.perf_counter(), None  # a zygote lives as long as `run` (not for Ray tasks)
         with _stop_signals(), _fault_handler(), self.progress() as progress:
             task = progress.add_task(f"run {self.run_id}", total=len(todo), case="")
             try:
@@ -226,13 +229,15 @@ class Runner:
                 summary.signum = getattr(exc, "signum", signal.SIGINT)
             finally:
                 markers.leave()  # interrupted (or failed) in Python: not a crash
+                self.zygote = self.zygote and self.zygote.close() or False  # the next run starts its own
         summary.seconds = time.perf_counter() - start
         return summary
 
     def progress(self) -> Progress:
-        """The run's progress bar (cases done of those to run), shared by every executor."""
+        """The run's progress bar (cases done of those to run, elapsed, ETA), shared by every executor."""
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[case]}", markup=False)]
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                   TextColumn("{task.fields[case]}", markup=False)]
         return Progress(*columns, console=self.console, transient=False)
 
     def _write(self, case: Case, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -267,8 +272,13 @@ class Runner:
             return self.rows(case, w, [status_row(Status.UNSUPPORTED, str(exc))])
         torch.manual_seed(case.seed)
         if self.isolate:
-            return self.rows(case, w, run_isolated(case, self.timeout_s, torch.get_num_threads()))
+            return self.rows(case, w, run_isolated(case, self.timeout_s, torch.get_num_threads(), self._warm()))
         return self.rows(case, w, self._run_in_process(suite, rc))
+
+    def _warm(self) -> Zygote | None:
+        """The run's warm worker parent, started at its first isolated case (`attnbench.zygote.start`)."""
+        self.zygote = start_zygote(self.zygote, self.device, torch.get_num_threads())
+        return self.zygote or None
 
     def _run_in_process(self, suite: Any, rc: ResolvedCase) -> list[Row]:
         try:
