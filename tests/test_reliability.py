@@ -205,8 +205,8 @@ def test_temp_parts_of_a_killed_run_are_cleaned(tmp_path: Path) -> None:
 # -- bad input ------------------------------------------------------------------------------------
 def test_set_values_must_be_toml_or_one_word() -> None:
     data: dict = {}
-    for item, want in (("a.b=[1, 2]", [1, 2]), ("a.s=digits", "digits"), ("a.p=x/y-z.w", "x/y-z.w"), ("a.m=/abs/model-1", "/abs/model-1"),
-                       ('a.q="two words"', "two words")):
+    for item, want in (("a.b=[1, 2]", [1, 2]), ("a.s=digits", "digits"), ("a.p=x/y-z.w", "x/y-z.w"),
+                       ("a.m=/abs/model-1", "/abs/model-1"), ('a.q="two words"', "two words")):
         apply_override(data, item)
         key = item.split("=")[0].split(".")[1]
         assert data["a"][key] == want
