@@ -15,7 +15,7 @@ from attnbench.spec import Backend
 from attnbench.suite import ResolvedCase, Row
 
 # FlopCounterMode raises inside flex_attention, and a failed trace under it poisons dynamo's cache.
-UNCOUNTABLE = (Backend.FLEX, Backend.FLEX_COMPILED)
+UNCOUNTABLE = (Backend.FLEX, Backend.FLEX_COMPILED, Backend.NATTEN)  # natten runs flex inside
 
 
 @register_suite
