@@ -32,7 +32,8 @@ from attnbench.ops import repeat_kv
 from attnbench.spec import DTYPES
 
 Pieces = list[tuple[int, int]]  # a shard: global [start, end) ranges of the padded sequence
-METHODS = ("ring", "allgather_kv", "ulysses")
+METHODS = ("ring_attention", "allgather_kv", "ulysses")  # the registered methods' names
+ALIASES = {"ring": "ring_attention"}  # accepted by the command line
 
 
 # -- sharding ------------------------------------------------------------------------------------
@@ -231,7 +232,8 @@ def ulysses(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, n: int, causal
     return torch.cat(comm.all_to_all([shard(o, ps, n_pad) for ps in pieces]), dim=1)
 
 
-VARIANTS: dict[str, Callable[..., torch.Tensor]] = {"ring": ring, "allgather_kv": allgather_kv, "ulysses": ulysses}
+VARIANTS: dict[str, Callable[..., torch.Tensor]] = {"ring_attention": ring, "allgather_kv": allgather_kv,
+                                                     "ulysses": ulysses}
 
 
 def analytic_bytes(method: str, *, batch: int, heads: int, kv_heads: int, n: int, head_dim: int, elem: int,
@@ -253,7 +255,7 @@ def simulate(method: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     qs, ks, vs = ([shard(t, ps, n_pad) for ps in pieces] for t in (q, k, v))
     outs = []
     for r in range(world):
-        if method == "ring":
+        if method == "ring_attention":
             state: list[Any] = [None] * len(pieces[r])
             for src in ((r - step) % world for step in range(world)):
                 state = accumulate(state, qs[r], pieces[r], ks[src], vs[src], pieces[src], n, causal)
@@ -268,18 +270,6 @@ def simulate(method: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
         else:
             raise ValueError(f"unknown variant {method!r}; valid: {', '.join(METHODS)}")
     return torch.cat(outs, dim=1) if method == "ulysses" else unshard(outs, pieces, n)
-
-
-def cp_check(method: str) -> Callable[[Any, Any], str | None]:
-    """A spec `check` for a context-parallel method: self-attention, world_size ≥ 1 (Ulysses: divisible heads)."""
-    def check(w: Any, params: Any) -> str | None:
-        p = params["world_size"]
-        if not isinstance(p, int) or p < 1:
-            return f"world_size must be a positive integer, got {p!r}"
-        if w.seq_q != w.seq_kv:
-            return "context-parallel attention shards one sequence: needs seq_q == seq_kv"
-        return ulysses_check(w.heads_q, w.heads_kv, p) if method == "ulysses" else None
-    return check
 
 
 # -- processes: spawn, per-rank benchmark, torchrun entry point ------------------------------------
@@ -401,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     fn = partial(bench_rank, mode=a.mode, reps=a.reps, measure_memory=False)
     if torchrun:
         _init(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), None)
-    for m in a.methods.split(","):
+    for m in (ALIASES.get(x, x) for x in a.methods.split(",")):
         res = fn(m, shape) if torchrun else spawn(a.world_size, fn, m, shape)[0]
         world, rank = (dist.get_world_size(), dist.get_rank()) if torchrun else (a.world_size, 0)
         ana = analytic_bytes(m, batch=a.batch, heads=a.heads, kv_heads=shape["kv_heads"], n=a.seq_len,

@@ -10,9 +10,12 @@ how it is split. Each is exact: it equals single-device softmax attention, so th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from attnbench.distributed import cp_check
+from attnbench.distributed import ulysses_check
 from attnbench.flops import dense_flops
 from attnbench.ops import causal_mask, dense_attention, dense_kv_cache_bytes
 from attnbench.spec import AttentionSpec, Capabilities, Paper
@@ -21,6 +24,18 @@ PAPER = Paper("A Unified View of Long-Sequence Models towards Modeling Million-S
               "2302.06218")
 GENERIC = "Generic context-parallel variant (not from the Unified View paper, which does not specify the split)."
 HEADLINE = "Paper headline (weak anchor, baseline unclear): ~40x attention scale-up on four RTX 4090s."
+
+
+def cp_check(method: str) -> Callable[[Any, Any], str | None]:
+    """A spec `check` for a context-parallel method: self-attention, world_size ≥ 1 (Ulysses: divisible heads)."""
+    def check(w: Any, params: Any) -> str | None:
+        p = params["world_size"]
+        if not isinstance(p, int) or p < 1:
+            return f"world_size must be a positive integer, got {p!r}"
+        if w.seq_q != w.seq_kv:
+            return "context-parallel attention shards one sequence: needs seq_q == seq_kv"
+        return ulysses_check(w.heads_q, w.heads_kv, p) if method == "ulysses" else None
+    return check
 
 
 def cp_spec(name: str, title: str, variant: str, per_rank: str) -> AttentionSpec:

@@ -12,7 +12,7 @@ import torch
 from attnbench.impls._context_parallel import cp_spec, dense_reference
 from attnbench.registry import register_method
 
-VARIANT = "ring"  # attnbench.distributed.VARIANTS key
+VARIANT = "ring_attention"  # attnbench.distributed.VARIANTS key
 SPEC = cp_spec("ring_attention", "Ring attention (context parallel)", VARIANT,
                "O(N²/P) attention compute, 2(P−1)/P·N·D·H_kv·elem bytes sent (KV blocks), no full-length KV.")
 

@@ -32,7 +32,6 @@ from attnbench.suite import Case, ResolvedCase, Row, status_row
 from attnbench.timing import Timing
 
 FAMILY = "distributed"
-VARIANT = {"ring_attention": "ring", "allgather_kv": "allgather_kv", "ulysses": "ulysses"}
 
 
 @settings
@@ -64,7 +63,7 @@ class Distributed(KernelSuite):
         return {k: getattr(s, k) for k in ("max_reps", "threads_per_rank") if k in section}
 
     def applies_to(self, entry: MethodEntry, backend: Backend) -> str | None:
-        if entry.spec.family != FAMILY or entry.name not in VARIANT:
+        if entry.spec.family != FAMILY or entry.name not in cp.VARIANTS:
             return f"the distributed suite runs context-parallel methods (family {FAMILY!r}) only"
         if backend == Backend.REFERENCE:
             return "the reference is the distributed run's single-process oracle"
@@ -100,7 +99,7 @@ class Distributed(KernelSuite):
         defaults = {f.name: f.default for f in dataclasses.fields(DistributedSettings)}
         reps = int(opts.get("max_reps", defaults["max_reps"]))
         threads = int(opts.get("threads_per_rank", defaults["threads_per_rank"]))
-        variant = VARIANT[rc.method]
+        variant = rc.method  # attnbench.distributed names its variants after the methods
         shape = {"batch": w.batch, "heads": w.heads_q, "kv_heads": w.heads_kv, "n": w.seq_q,
                  "head_dim": w.head_dim, "dtype": w.dtype, "causal": w.causal}
         fn = partial(cp.bench_rank, mode=w.mode, reps=reps, warmup=1, seed=rc.seed, threads=threads)
