@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from attnbench.spec import AttentionSpec, Backend, Params, Workload
+from attnbench.spec import AttentionSpec, Backend, FlopsFn, Params, Workload
 
 T = TypeVar("T")
 
@@ -84,6 +84,8 @@ class Impl:
     callable `(q, k, v) -> o` and its own duration is the setup (compile/mask/routing) time.
     Layer methods: the reference `fn` is `build(d_model, n_heads, *, backend, **params)`;
     fused entries hold the attention step the module resolves with `step()`.
+    `flops(w, params) -> FlopCount`: what this backend executes (its own tiles, skipped heads),
+    overriding the spec's `flops` for `executed`; None = the spec's count, if it models this backend.
     """
 
     method: str
@@ -91,6 +93,7 @@ class Impl:
     fn: Callable[..., Any]
     can_run: CanRun = _always
     staged: bool = False
+    flops: FlopsFn | None = None
 
     def prepare(self, q: Any, k: Any, v: Any, *, causal: bool, params: Params) -> Callable[..., Any]:
         """Do the setup work once; return the steady-state callable `(q, k, v) -> o`."""
@@ -165,13 +168,14 @@ def register_method(spec: AttentionSpec, registry: Registry[MethodEntry] | None 
 
 
 def register_backend(spec: AttentionSpec, backend: Backend, *, can_run: CanRun = _always,
-                     staged: bool = False, registry: Registry[MethodEntry] | None = None):
+                     staged: bool = False, flops: FlopsFn | None = None,
+                     registry: Registry[MethodEntry] | None = None):
     """Decorator: register `fn` as the `backend` implementation of `spec`."""
     reg = METHODS if registry is None else registry
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         entry = reg._entries.get(spec.name) or reg.register(spec.name, MethodEntry(spec))
-        _add_impl(entry, Impl(spec.name, backend, fn, can_run, staged))
+        _add_impl(entry, Impl(spec.name, backend, fn, can_run, staged, flops))
         return fn
 
     return deco

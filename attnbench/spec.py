@@ -29,6 +29,9 @@ class Backend(enum.StrEnum):
     FLASH_ATTN = "flash_attn"
     XFORMERS = "xformers"
     FLA = "fla"
+    SDPA_FLASH = "sdpa_flash"  # torch SDPA pinned to one kernel via torch.nn.attention.sdpa_kernel
+    SDPA_CUDNN = "sdpa_cudnn"
+    SDPA_EFFICIENT = "sdpa_efficient"
 
     @classmethod
     def parse(cls, name: str) -> Backend:
@@ -182,6 +185,8 @@ class FlopCount:
 Params = Mapping[str, Any]
 FlopsFn = Callable[[Workload, Params], FlopCount]
 MaskModFactory = Callable[[Workload, Params], Callable[..., Any]]
+DensityFn = Callable[[Workload, float, Params], dict[str, Any]]
+LayoutFn = Callable[[int, Params], tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -195,6 +200,11 @@ class AttentionSpec:
     `claims` are the paper's headline results, shown next to what the harness measured.
     `wraps_base`: an inference-time intervention that wraps the functional method named by its
     `base` param (with `base_params`), rather than an attention of its own.
+    `at_density(w, target, params)`: the param overrides (block/window/top-k/kernel) at which a
+    sparse method attends about `target` of the allowed (query, key) pairs of `w`; proxies use it
+    to run each sparse method on a density ladder instead of at a length where it is dense.
+    `layout(n_layers, params)`: the per-layer method plan of a hybrid model (e.g. SpectFormer's
+    spectral-then-attention stack); proxies build that stack instead of `n_layers` copies.
     """
 
     name: str
@@ -213,6 +223,8 @@ class AttentionSpec:
     score_mod: MaskModFactory | None = None
     claims: tuple[str, ...] = ()
     wraps_base: bool = False
+    at_density: DensityFn | None = None
+    layout: LayoutFn | None = None
 
     def __hash__(self) -> int:
         return hash(self.name)
