@@ -72,7 +72,8 @@ def list_methods(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
                                  "backward": e.spec.capabilities.backward,
                                  "dims": list(e.spec.capabilities.dims)}, "runs_here": why[e.name]}
                for e in entries]
-        typer.echo(json.dumps({"methods": out, "suites": SUITES.names(), "device": here}, indent=2, default=str))
+        typer.echo(json.dumps({"methods": out, "suites": SUITES.names(), "device": here,
+                               "backends": devmod.backend_availability(here)}, indent=2, default=str))
         return
     table = Table(title=f"{len(entries)} methods")
     for col in ("method", "family", "kind", "backends", f"runs here ({here})", "mask", "gqa", "bwd", "dims",
@@ -311,8 +312,11 @@ def analyze(
     hunt: Annotated[bool, typer.Option(help="Also run the HeadHunter greedy head search.")] = True,
     out: Annotated[Path, typer.Option("-o", "--out", help="Results folder for the rows.")] = Path("results"),
     heatmaps: Annotated[Path, typer.Option(help="Folder for layer×head heatmap SVGs.")] = Path("analysis"),
+    model_kind: Annotated[str, typer.Option("--model-kind", help="shapes (the hallucination Shapes-VLM) or vit "
+                                            "(an image_cls-style ViT on digits, with head pattern clustering).")
+                          ] = "shapes",
 ) -> None:
-    """Per-layer × per-head scores (importance, VHD, sinks, distance) as result rows and heatmaps."""
+    """Per-layer × per-head scores (importance, VHD, sinks, distance; ViT: pattern clusters) as rows and figures."""
     from datetime import UTC, datetime
 
     from attnbench import device as devmod
@@ -327,11 +331,15 @@ def analyze(
         raise fail(str(exc)) from None
     if model is not None and not model.exists():
         raise fail(f"no model file at {model}")
-    analyzer = SUITES.get("hallucination")  # the suite whose proxy model `analyze` inspects
-    rows, heatmap_svg = analyzer.analyze(model, method=method, preset=preset, seed=seed, steps=steps, hunt=hunt)
+    if model_kind not in ("shapes", "vit"):
+        raise fail(f"unknown --model-kind {model_kind!r}; valid: shapes, vit")
+    analyzer = SUITES.get("hallucination")  # the suite whose proxy models `analyze` inspects
+    rows, heatmap_svg = analyzer.analyze(model, method=method, preset=preset, seed=seed, steps=steps, hunt=hunt,
+                                         kind=model_kind)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S-analysis")
     info = devmod.capture("cpu").as_dict()
-    context = dict(run_id=run_id, created_at=datetime.now(UTC), case_id=f"analysis-{method}", backend="reference",
+    context = dict(run_id=run_id, created_at=datetime.now(UTC), backend="reference",
+                   case_id=f"analysis-{method}" + ("-vit" if model_kind == "vit" else ""),
                    family=METHODS.get(method).spec.family, preset=preset, seed=seed, status="ok", error="",
                    stat="value", n=1, **info)
     full = [results.complete_row(r, **context) for r in rows]

@@ -117,7 +117,7 @@ PEER_LIBRARIES = {"natten": "natten", "flash_attn": "flash-attn", "xformers": "x
                   "fla": "flash-linear-attention", "triton": "triton", "transformers": "transformers",
                   "lm_eval": "lm-eval", "ray": "ray"}  # import name → distribution name
 _PEER_BACKENDS = ("natten", "flash_attn", "xformers", "fla", "triton")  # backends named after their library
-_CUDA_ONLY_BACKENDS = ("triton", "flash_attn", "fla")
+_SDPA_PINNED = {"sdpa_flash": "flash", "sdpa_cudnn": "cuDNN", "sdpa_efficient": "memory-efficient"}
 
 
 def package_version(import_name: str) -> str:
@@ -132,18 +132,56 @@ def package_version(import_name: str) -> str:
     return "not installed"
 
 
-def runs_here(entry: object, backend: object, device: str) -> str | None:
-    """Why `entry`'s `backend` cannot run on `device` (a small default workload), or None."""
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def backend_unavailable(backend: object, device: str) -> str | None:
+    """Why `backend` cannot run on `device` on this machine at all (library missing, needs CUDA), or None.
+
+    Machine-level only: whether a method's workload fits the backend is its `Impl.can_run`.
+    """
     import importlib.util
 
+    b, cuda = str(backend), device.startswith("cuda")
+    if b in _PEER_BACKENDS and importlib.util.find_spec(b) is None:
+        if not (b == "flash_attn" and importlib.util.find_spec("flash_attn_interface") is not None):
+            return f"{b} is not installed"
+    if b in _SDPA_PINNED and not cuda:
+        return f"{b} needs CUDA (torch's {_SDPA_PINNED[b]} SDPA kernel is CUDA-only)"
+    if b in ("flash_attn", "xformers") and not cuda:
+        return f"{b} needs CUDA"
+    if b == "fla" and not cuda:
+        return "fla needs CUDA (its Triton ops find no CPU driver, even with TRITON_INTERPRET=1)"
+    if b == "triton" and not cuda and not triton_interpreted():
+        return "triton needs CUDA (or TRITON_INTERPRET=1 to run its interpreter on CPU)"
+    return None
+
+
+def backend_availability(device: str) -> dict[str, dict[str, object]]:
+    """Per backend: can it run on `device` here, why not, and its library's version (`list --json`)."""
+    from attnbench.spec import Backend
+
+    lib = {"flash_attn": "flash_attn", "xformers": "xformers", "fla": "fla", "triton": "triton",
+           "natten": "natten"}
+    out: dict[str, dict[str, object]] = {}
+    for b in Backend:
+        why = backend_unavailable(b, device)
+        row: dict[str, object] = {"available": why is None, "reason": why}
+        if b.value in lib:
+            row["version"] = package_version(lib[b.value])
+        out[b.value] = row
+    return out
+
+
+def runs_here(entry: object, backend: object, device: str) -> str | None:
+    """Why `entry`'s `backend` cannot run on `device` (a small default workload), or None."""
     from attnbench.kernelsuite import natural_form
     from attnbench.spec import Workload
 
-    b = str(backend)
-    if b in _PEER_BACKENDS and importlib.util.find_spec(b) is None:
-        return f"{b} is not installed"
-    if b in _CUDA_ONLY_BACKENDS and not device.startswith("cuda"):
-        return f"{b} needs CUDA"
+    if (why := backend_unavailable(backend, device)) is not None:
+        return why
     try:
         params = entry.spec.params({})  # type: ignore[attr-defined]
         w = entry.spec.shape(natural_form(entry, Workload(device=device)), params)  # type: ignore[arg-type,attr-defined]

@@ -21,6 +21,25 @@ from attnbench.spec import Backend, Params, Workload, run_params
 from attnbench.suite import ResolvedCase
 from attnbench.timing import synchronize
 
+Diagnostic = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Params], dict[str, float]]
+DIAGNOSTICS: dict[str, Diagnostic] = {}
+
+
+def register_diagnostics(spec: Any, fn: Diagnostic) -> None:
+    """Register `fn(q, k, v, params) -> {metric: value}`: what a method's mechanism did on the
+    evaluated input (e.g. PARO's mask recall); suites emit the metrics they declare."""
+    DIAGNOSTICS[spec.name] = fn
+
+
+def diagnostics(entry: MethodEntry, w: Workload, params: Params, *, seed: int = 0) -> dict[str, float]:
+    """The method's diagnostics on the suites' input for `w` (`make_qkv(w, seed)`, fp32); {} if none."""
+    fn = DIAGNOSTICS.get(entry.name)
+    if fn is None or entry.spec.kind != "functional":
+        return {}
+    q, k, v = make_qkv(w, seed=seed, dtype=torch.float32)
+    with torch.no_grad():
+        return fn(q, k, v, run_params(w, params))
+
 
 @dataclass
 class PreparedCall:

@@ -8,8 +8,10 @@ base spec (`QKᵀ/√D`, then its flex `score_mod` and `mask_mod` evaluated on b
 tensors), so any base whose flex mods are written with broadcasting torch ops composes. Spans are
 `[start, stop)` token indices (Python slice semantics, negatives allowed) or None for the
 synthetic default (image tokens = the first N/4 tokens). `apply_intervention` swaps a trained model's
-attention layers for an intervention wrapping them (same weights). A method is an intervention when
-its spec `wraps_base`.
+attention layers for an intervention wrapping them (same weights); `Guided` combines an original and
+a perturbed model as guidance (PAG / SoftPAG). A method is an intervention when its spec `wraps_base`;
+how each paper applies its method in a whole model (second forwards, layer ranges, detected sinks)
+lives with the suite that runs it (`suites/hallucination/apply.py`).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def base_mods(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params, q_
 
 def logits(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params,
            keep: torch.Tensor | None = None, q_offset: int = 0) -> torch.Tensor:
-    """The base's logits `[B, H, Nq, Nk]` in fp32/fp64, `-inf` where masked (or outside `keep [Nk]`).
+    """The base's logits `[B, H, Nq, Nk]` in fp32/fp64, `-inf` where masked (or outside `keep [Nk]`/`[B, Nk]`).
 
     `q_offset`: q holds the rows `q_offset…` of the full query sequence (see `base_mods`)."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -114,7 +116,8 @@ def logits(q: torch.Tensor, k: torch.Tensor, causal: bool, params: Params,
     if mask_mod is not None:
         allowed = allowed & mask_mod(*idx)
     if keep is not None:
-        allowed = allowed & keep.to(dev)
+        keep = keep.to(dev)
+        allowed = allowed & (keep[:, None, None, :] if keep.dim() == 2 else keep)
     return s.masked_fill(~allowed, float("-inf"))
 
 
@@ -140,7 +143,8 @@ def base_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, pa
 def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, params: Params, *,
          keep: torch.Tensor | None = None, score_edit: Callable[..., Any] | None = None
          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """FlexAttention of the base restricted to keys in `keep [Nk]`, with an extra additive score edit.
+    """FlexAttention of the base restricted to keys in `keep` (`[Nk]`, or `[B, Nk]` per batch element), with an
+    extra additive score edit.
 
     Returns `(O [B, H, N, D], lse [B, H, N])` (natural log; rows with no allowed key: O = 0, lse = -inf).
     `score_edit(score, b, h, q_idx, kv_idx)` runs after the base's own score_mod.
@@ -148,12 +152,13 @@ def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, params
     from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
 
     mask_mod, score_mod = base_mods(q, k, causal, params)
+    per_batch = keep is not None and keep.dim() == 2
     if keep is not None:
         keep = keep.to(q.device)
         inner = mask_mod
 
         def mask_mod(b, h, q_idx, kv_idx):  # noqa: F811 - restriction of the base mask
-            m = keep[kv_idx]
+            m = keep[b, kv_idx] if per_batch else keep[kv_idx]
             return m & inner(b, h, q_idx, kv_idx) if inner is not None else m
 
     mod = score_mod
@@ -163,7 +168,8 @@ def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, params
             return score_edit(base, b, h, q_idx, kv_idx)
 
     nq, nk = q.shape[-2], k.shape[-2]
-    block_mask = create_block_mask(mask_mod, None, None, nq, nk, device=q.device) if mask_mod else None
+    bm_batch = q.shape[0] if per_batch else None
+    block_mask = create_block_mask(mask_mod, bm_batch, None, nq, nk, device=q.device) if mask_mod else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*without torch.compile.*")
         o, aux = flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, return_aux=AuxRequest(lse=True))
@@ -204,6 +210,30 @@ def base_flops(calls: float = 1.0) -> Callable[[Workload, Params], Any]:
 
 
 # -- interventions on a trained model -----------------------------------------------------------
+class Guided(nn.Module):
+    """Guidance at model level (PAG / SoftPAG): `(1 + w)·orig(x) − w·perturbed(x)` on the outputs (logits).
+
+    w = 0 is `orig` (the perturbed model is not run); a perturbation that changes nothing gives `orig`
+    for every w."""
+
+    def __init__(self, orig: nn.Module, perturbed: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.orig, self.perturbed, self.scale = orig, perturbed, float(scale)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.orig(*args, **kwargs)
+        if self.scale == 0:
+            return out
+        return (1 + self.scale) * out - self.scale * self.perturbed(*args, **kwargs)
+
+
+def wrapped_layers(model: nn.Module, method: str) -> list[nn.Module]:
+    """The model's attention layers that run `method` (after `apply_intervention`), in module order."""
+    from attnbench.layers import AttentionLayer
+
+    return [m for m in model.modules() if isinstance(m, AttentionLayer) and m.entry.name == method]
+
+
 def apply_intervention(model: nn.Module, method: str, params: Mapping[str, Any] | None = None,
                        backend: str = "reference", layers: Mapping[int, Mapping[str, Any]] | None = None
                        ) -> nn.Module:
@@ -234,5 +264,6 @@ def apply_intervention(model: nn.Module, method: str, params: Mapping[str, Any] 
                           kv_heads=layer.kv_heads, causal=layer.causal, params=p)
         new.load_state_dict(layer.state_dict())
         parent = out.get_submodule(name.rsplit(".", 1)[0]) if "." in name else out
-        setattr(parent, name.rsplit(".", 1)[-1], new.to(next(layer.parameters()).device))
+        ref = next(layer.parameters())
+        setattr(parent, name.rsplit(".", 1)[-1], new.to(device=ref.device, dtype=ref.dtype))
     return out

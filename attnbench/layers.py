@@ -76,5 +76,6 @@ def build_layer(method: str, backend: Backend | str, d_model: int, n_heads: int,
         if rope:
             kwargs["rope"] = True
         return entry.reference.fn(d_model, n_heads, backend=backend, causal=causal, **kwargs)
-    return AttentionLayer(entry, backend, d_model, n_heads, kv_heads=kv_heads, causal=causal,
-                          params=params, spatial=spatial, rope=rope)
+    cls = getattr(entry.reference.fn, "layer_cls", AttentionLayer)  # a functional method's own layer form (DMA)
+    return cls(entry, backend, d_model, n_heads, kv_heads=kv_heads, causal=causal,
+               params=params, spatial=spatial, rope=rope)

@@ -2,10 +2,14 @@
 
 Each controlled relaxation is its own registered method (`decon_approx`, `decon_nonapprox`,
 `decon_mlp`, `decon_rnd_qk`, `decon_static_qk`); `hybrid_layers` interleaves one with standard
-attention across the layers of a model.
+attention across the layers of a model. The paper's hybrid models (variant in the odd layers,
+standard MHA in the even ones, Table 1) are registered as `decon_hybrid_<variant>`: the same layer
+under another name, with `hybrid_spec`'s `layout`, so the proxies train the hybrid stack.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -69,6 +73,23 @@ def hybrid_layers(n_layers: int, variant: str, pattern: str = "alternate", stand
     return [variant if rules[pattern](i) else standard for i in range(1, n_layers + 1)]
 
 
+def hybrid_spec(base: AttentionSpec, claims: tuple[str, ...]) -> AttentionSpec:
+    """`base` renamed `decon_hybrid_<variant>` with the paper's hybrid plan (`alternate`: variant in
+    odd layers 1, 3, …, MHA in even layers) as its `layout`; the single layer is the variant's."""
+    name = "decon_hybrid_" + base.name.removeprefix("decon_")
+
+    def layout(n_layers: int, params: Params) -> tuple[str, ...]:
+        return tuple(hybrid_layers(n_layers, name, "alternate"))
+
+    return dataclasses.replace(base, name=name, title=f"{base.title} — hybrid with MHA (odd layers)",
+                               layout=layout, claims=claims)
+
+
+def layer_seed(seed: int, layer: int) -> int:
+    """Noise seed of layer `layer` (0-based): the layer index folded into the method's seed."""
+    return seed + 1_000_003 * layer
+
+
 class SourceQKAttention(nn.Module):
     """Softmax attention whose Q and K come from a source other than the layer input; V from `x`.
 
@@ -77,7 +98,11 @@ class SourceQKAttention(nn.Module):
     computed once with batch 1 and broadcast: the attention map is input-independent. A model can
     override it with `set_qk_source(h)` (e.g. FixedSeqQK's hidden states of a fixed text).
     `source="static"`: Q/K from the token embeddings bound with `set_qk_source(e [B, N, C])`
-    (StaticEmbQK); unbound, the layer input is used (then it equals standard attention).
+    (StaticEmbQK), or handed in per call as `forward(x, emb=e)` (the proxy model does, as
+    `wants_embeddings` asks); with neither, the layer input stands for the embeddings (the layer
+    is then a first block, where the two coincide).
+    Per-layer noise: `set_layer_index(i)` redraws ε with `layer_seed(seed, i)` (the proxy model
+    calls it), so the RndEmbQK layers of one model do not share one map.
     """
 
     def __init__(self, spec: AttentionSpec, d_model: int, n_heads: int, *, backend: Backend | str,
@@ -88,15 +113,24 @@ class SourceQKAttention(nn.Module):
         self.k = nn.Linear(d_model, d_model, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
-        noise = None
-        if source == "random":
-            gen = torch.Generator().manual_seed(seed)
-            noise = torch.randn(1, max_len, d_model, generator=gen) * sigma
+        self.seed, self.sigma, self.max_len = seed, sigma, max_len
+        self.wants_embeddings = source == "static"
+        noise = self._noise(seed, d_model) if source == "random" else None
         self.register_buffer("noise", noise)
         self.bound: torch.Tensor | None = None
         backend = Backend(backend)
         self.attend = attention_step if backend == Backend.REFERENCE else step(spec, backend)
         self.aux_loss = None
+
+    def _noise(self, seed: int, d_model: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(1, self.max_len, d_model, generator=gen) * self.sigma
+
+    @torch.no_grad()
+    def set_layer_index(self, layer: int) -> None:
+        """Redraw the noise for layer `layer` of a model (no-op for the static source)."""
+        if self.noise is not None:
+            self.noise.copy_(self._noise(layer_seed(self.seed, layer), self.noise.shape[-1]))
 
     def set_qk_source(self, h: torch.Tensor | None) -> None:
         """Bind the Q/K source `[1|B, N, C]` (None: back to the default: noise, or the layer input)."""
@@ -105,9 +139,10 @@ class SourceQKAttention(nn.Module):
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(t.shape[0], t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """`x [B, N, C]` → `[B, N, C]`; `emb [B, N, C]`: the embeddings Q/K come from (static)."""
         b, n, _ = x.shape
-        src = self.bound if self.bound is not None else self.noise
+        src = emb if emb is not None else self.bound if self.bound is not None else self.noise
         src = x if src is None else src[:, :n].to(x.dtype)
         q, k = self._heads(self.q(src)), self._heads(self.k(src))
         if q.shape[0] != b:  # batch-1 source: one map for the whole batch

@@ -1,6 +1,8 @@
 """Agent Attention: On the Integration of Softmax and Linear Attention — Han et al., ECCV 2024,
 arXiv 2312.08874. n agent tokens pooled from the queries first aggregate the values (softmax over
 keys), then broadcast them back (softmax of the queries over agents): O(N·n) instead of O(N²).
+`agent_num = 0` (the default) scales n to the grid by the paper's Agent-DeiT ratio (49 agents for 196
+tokens): the largest square ≤ N/4, at most 49, so n ≪ N (49 agents on a 7×7 grid would be quadratic).
 """
 
 from __future__ import annotations
@@ -23,8 +25,20 @@ def adapt(w: Workload, params: Params) -> Workload:
     return w if w.spatial is not None else w.replace(spatial=grid_of(w.seq_q))
 
 
+AGENT_RATIO = 49 / 196  # Agent-DeiT: 49 agents for the 14×14 tokens of a 224-px image, patch 16
+MAX_AGENTS = 49  # the paper's largest agent count (Agent-DeiT, later Agent-Swin/PVT stages)
+
+
+def agents_for(n_tokens: int, agent_num: int = 0) -> int:
+    """The agent count: `agent_num` when set, else the largest square ≤ N·49/196, in [1, 49]."""
+    if agent_num:
+        return agent_num
+    side = max(1, math.isqrt(int(n_tokens * AGENT_RATIO)))
+    return min(side * side, MAX_AGENTS)
+
+
 def check(w: Workload, params: Params) -> str | None:
-    n = params["agent_num"]
+    n = agents_for(w.seq_q, params["agent_num"])
     if math.isqrt(n) ** 2 != n:
         return f"agent_num={n} must be a square (agents are pooled on a √n×√n grid)"
     if n > w.seq_q:
@@ -34,7 +48,8 @@ def check(w: Workload, params: Params) -> str | None:
 
 def agent_flops(w: Workload, params: Params) -> FlopCount:
     """Card §7: 8·B·H·N·n·d (two attentions) + pool B·N·C + DWC 18·B·N·C + qkv/proj 8·B·N·C²."""
-    n, c, a = w.seq_q, w.d_model, params["agent_num"]
+    n, c = w.seq_q, w.d_model
+    a = agents_for(n, params["agent_num"])
     core = 8.0 * w.heads_q * n * a * w.head_dim
     dwc = 18.0 * n * c if params["dwc"] else 0.0
     useful = w.batch * (core + n * c + dwc + 8.0 * n * c * c)
@@ -48,7 +63,7 @@ SPEC = AttentionSpec(
     paper=Paper("Agent Attention: On the Integration of Softmax and Linear Attention", 2024, "2312.08874"),
     family="linear",
     kind="layer",
-    defaults={"agent_num": 49, "agent_bias": True, "dwc": True, "bias_table": 7},
+    defaults={"agent_num": 0, "agent_bias": True, "dwc": True, "bias_table": 7},
     capabilities=Capabilities(causal=False, noncausal=True, gqa=False, dims=(2,)),
     flops=agent_flops,
     adapt=adapt,
@@ -77,16 +92,18 @@ class AgentAttention(nn.Module):
     """Agent attention layer on `x [B, N, C]` over the token grid `spatial = (h, w)`.
 
     Args:
-        d_model: C. n_heads: H. agent_num: n (a square; 49 in the paper).
+        d_model: C. n_heads: H. agent_num: n (a square; 0 = scaled to the grid, see `agents_for`).
         agent_bias: the position biases (a `bias_table`² table per (head, agent), bilinearly resized
             to the grid, plus row and column terms). dwc: the 3×3 depthwise conv on V.
         spatial: the token grid (required for the row/column biases and the conv).
     """
 
     def __init__(self, d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False,
-                 spatial: tuple[int, ...] | None = None, agent_num: int = 49, agent_bias: bool = True,
+                 spatial: tuple[int, ...] | None = None, agent_num: int = 0, agent_bias: bool = True,
                  dwc: bool = True, bias_table: int = 7) -> None:
         super().__init__()
+        if spatial is not None and len(spatial) == 2:
+            agent_num = agents_for(int(spatial[0]) * int(spatial[1]), agent_num)
         if causal:
             raise ValueError("agent attention has no causal form (agents pool every query)")
         if spatial is None or len(spatial) != 2:
@@ -140,7 +157,7 @@ class AgentAttention(nn.Module):
 
 @register_method(SPEC)
 def agent(d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False,
-          spatial: tuple[int, ...] | None = None, agent_num: int = 49, agent_bias: bool = True,
+          spatial: tuple[int, ...] | None = None, agent_num: int = 0, agent_bias: bool = True,
           dwc: bool = True, bias_table: int = 7) -> AgentAttention:
     """Build an agent attention layer for the token grid `spatial`."""
     return AgentAttention(d_model, n_heads, backend=backend, causal=causal, spatial=spatial,

@@ -5,7 +5,10 @@ Sequence layout `[text | demo (subject) image | target image]` (spans; defaults:
 text, the second the demo, the second half the target). For target-image queries:
 `O ← O + λ·(A_{tgt,demo} V_demo + A_{tgt,text} V_text)` with A normalised over all keys (an
 un-renormalised boost), then `O_h ← O_h·(1 + γ·minmax_h(Σ_{q∈tgt, k∈text} A))`. Non-target rows
-are unchanged.
+are unchanged. Not evaluated on the hallucination proxy (Shapes-VLM): Brush inserts a subject from a
+demo image into a target image (a diptych in a diffusion transformer), and the proxy has no such
+pair, so splitting its patches into "demo" and "target" halves would mean nothing; the suite records
+that reason.
 """
 
 from __future__ import annotations

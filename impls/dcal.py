@@ -4,6 +4,12 @@ and Object Re-Identification" (Zhu et al., CVPR 2022), arXiv 2205.02151.
 GLCA: only the top-R tokens of the attention rollout's CLS row act as queries against all keys/values.
 PWCA: queries of image 1 attend over the keys/values of images 1 and 2 concatenated (one softmax);
 a training-time regulariser sharing the self-attention weights. Token 0 is the CLS token.
+
+As a layer, `branch` picks one flavour (the mechanism the latency/correctness suites time). As the
+paper's architecture (image_cls, `IMAGE_BRANCHES` on the factory): a CLS-token ViT of `branch="sa"`
+layers (self-attention that keeps its probabilities for the chained rollout, and runs PWCA with a
+partner from the training batch while training), one GLCA block with its own weights on top, and
+at evaluation the sum of the SA and GLCA class probabilities.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from attnbench.ops import dense_attention
 from attnbench.registry import register_method, step
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 
-BRANCHES = ("glca", "pwca")
+BRANCHES = ("glca", "pwca", "sa")
 
 
 def n_local(n: int, r_ratio: float) -> int:
@@ -28,9 +34,14 @@ def n_local(n: int, r_ratio: float) -> int:
 def dcal_flops(w: Workload, params: Params) -> FlopCount:
     """GLCA: QKV `6·B·N·C²`, CLS row `2·B·H·N·D`, `4·B·H·R·N·D`, output projection of R rows `2·B·R·C²`.
 
+    SA: `4·B·H·N²·D` and `8·B·N·C²` (the rollout probabilities are not counted).
+
     PWCA: QKV of both images `12·B·N·C²`, `4·B·H·N·2N·D`, output projection `2·B·N·C²`.
     """
     b, h, n, d = w.batch, w.heads_q, w.seq_q, w.head_dim
+    if params["branch"] == "sa":
+        useful = 4.0 * b * h * n * n * d + proj_flops(w, 4)
+        return FlopCount(useful=useful, executed=useful, softmax=SOFTMAX_FLOPS_PER_SCORE * b * h * n * n)
     if params["branch"] == "pwca":
         pairs = n * 2 * n
         useful = 4.0 * b * h * pairs * d + proj_flops(w, 7)
@@ -88,7 +99,7 @@ def top_local(cls_row: torch.Tensor, r: int) -> torch.Tensor:
 def dcal_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, r: int = 0,
               rollout: torch.Tensor | None = None, kv2: tuple[torch.Tensor, torch.Tensor] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Reference GLCA (`kv2` None) or PWCA step on `[B, H, N, D]`.
+    """Reference GLCA (`r` > 0), PWCA (`kv2` set) or plain self-attention (neither) step on `[B, H, N, D]`.
 
     GLCA: eager probabilities `P`, this block's rollout (times the earlier blocks' `rollout [B, N, N]`
     when given), top-R of its CLS row, and those rows of `P @ V`: returns `([B, H, R, D], idx [B, R])`.
@@ -96,6 +107,8 @@ def dcal_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, r: int = 0,
     """
     if kv2 is not None:
         return dense_attention(q, torch.cat([k, kv2[0]], 2), torch.cat([v, kv2[1]], 2)), None
+    if r <= 0:
+        return dense_attention(q, k, v), None
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     p = torch.softmax((q.to(acc) @ k.to(acc).transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
     roll = attention_rollout([p])
@@ -110,9 +123,13 @@ class DCAL(nn.Module):
     """One DCAL attention layer on `x [B, N, C]` (token 0 = CLS).
 
     `branch="glca"`: GLCA outputs are written at the R selected token rows, other rows are 0 (the
-    residual carries them); set `prior_rollout [B, N, N]` to the earlier blocks' rollout.
+    residual carries them); set `prior_rollout [B, N, N]` to the earlier blocks' rollout, or
+    `prior_probs` to their probabilities (first block first) to have it chained here.
     `branch="pwca"`: every token attends over its own image and a partner image (`pair [B, N, C]`,
     by default the batch rolled by one); use it in training only, as in the paper.
+    `branch="sa"`: self-attention (SA block of the architecture); with `keep_probs` it stores its
+    head probabilities `probs [B, H, N, N]` (eager, detached: they only rank tokens) for the rollout;
+    with `pair` set it runs PWCA on the same weights instead (training only).
     """
 
     def __init__(self, d_model: int, n_heads: int, *, backend: Backend | str, causal: bool, branch: str,
@@ -126,7 +143,10 @@ class DCAL(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
         self.prior_rollout: torch.Tensor | None = None
+        self.prior_probs: list[torch.Tensor] | None = None
         self.pair: torch.Tensor | None = None
+        self.keep_probs = False
+        self.probs: torch.Tensor | None = None
         backend = Backend(backend)
         self.attend = dcal_step if backend == Backend.REFERENCE else step(SPEC, backend)
         self.aux_loss = None
@@ -138,11 +158,20 @@ class DCAL(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self._qkv(x)
-        if self.branch == "pwca":
+        if self.branch == "sa" and self.pair is None:
+            if self.keep_probs:
+                with torch.no_grad():
+                    self.probs = torch.softmax((q @ k.transpose(-1, -2)).float() * self.head_dim ** -0.5, -1)
+            o, _ = self.attend(q, k, v)
+            return self.out(o.transpose(1, 2).reshape(b, n, c))
+        if self.branch in ("pwca", "sa"):
             _, k2, v2 = self._qkv(self.pair if self.pair is not None else x.roll(1, dims=0))
             o, _ = self.attend(q, k, v, kv2=(k2, v2))
             return self.out(o.transpose(1, 2).reshape(b, n, c))
-        o, idx = self.attend(q, k, v, r=n_local(n, self.r_ratio), rollout=self.prior_rollout)
+        prior = self.prior_rollout
+        if prior is None and self.prior_probs:
+            prior = attention_rollout(self.prior_probs)
+        o, idx = self.attend(q, k, v, r=n_local(n, self.r_ratio), rollout=prior)
         local = self.out(o.transpose(1, 2).reshape(b, idx.shape[1], c))
         return x.new_zeros(b, n, c).scatter(1, idx[..., None].expand(-1, -1, c), local)
 
@@ -150,5 +179,10 @@ class DCAL(nn.Module):
 @register_method(SPEC)
 def dcal(d_model: int, n_heads: int, *, backend: Backend | str = Backend.REFERENCE, causal: bool = False,
          branch: str = "glca", r_ratio: float = 0.1) -> DCAL:
-    """Build a DCAL layer (GLCA or PWCA branch) on `x [B, N, C]`, attention step by `backend`."""
+    """Build a DCAL layer (GLCA, PWCA or SA branch) on `x [B, N, C]`, attention step by `backend`."""
     return DCAL(d_model, n_heads, backend=backend, causal=causal, branch=branch, r_ratio=r_ratio)
+
+
+# The image architecture this layer belongs to (read by image models, see the module docstring):
+# stack branch, top-block branch, training-only regulariser.
+dcal.image_branches = ("sa", "glca", "pwca")  # type: ignore[attr-defined]

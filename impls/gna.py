@@ -13,12 +13,14 @@ from collections.abc import Sequence
 
 import torch
 
+from attnbench import density
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
 from attnbench.impls.neighborhood import (
     adapt,
     axis_masks,
     check,
     chunked_tile_stats,
+    kernel_choices,
     mask_mod,
     na_config,
     na_flops,
@@ -28,7 +30,7 @@ from attnbench.impls.neighborhood import (
 )
 from attnbench.ops import dense_attention
 from attnbench.registry import register_method
-from attnbench.spec import AttentionSpec, Capabilities, Paper
+from attnbench.spec import AttentionSpec, Capabilities, Paper, Params, Workload
 
 
 def natten_sim(shape: Sequence[int], kernel_size: int | Sequence[int], stride: int | Sequence[int] = 1,
@@ -72,6 +74,13 @@ def natten_sim(shape: Sequence[int], kernel_size: int | Sequence[int], stride: i
             "flop_speedup": cfg.n * cfg.n / pairs}
 
 
+def at_density(w: Workload, target: float, params: Params) -> dict:
+    """Kernel size (all axes) attending `target` of the allowed pairs, the stride kept at the
+    params' stride/kernel ratio (the default 16/16 stays blocked, 1 stays NA)."""
+    k0, s0 = (v[0] if isinstance(v, (list, tuple)) else v for v in (params["kernel_size"], params["stride"]))
+    return density.pick(kernel_choices(w, params, stride_ratio=s0 / k0), target)
+
+
 SPEC = AttentionSpec(
     name="gna",
     title="Generalized neighborhood attention (stride: sliding → strided → blocked)",
@@ -84,6 +93,7 @@ SPEC = AttentionSpec(
     adapt=adapt,
     check=check,
     mask_mod=mask_mod,
+    at_density=at_density,
     claims=("1.3 PFLOP/s effective FP16 on B200; the theoretical speedup is realised in many "
             "perfectly block-sparse cases.",
             "28–46% end-to-end speedup on B200 for Cosmos-7B, HunyuanVideo and FLUX without fine-tuning."),
@@ -109,4 +119,6 @@ def gna(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = Fal
                     spatial)
     if (why := cfg.problem()) is not None:
         raise ValueError(why)
-    return dense_attention(q, k, v, na_mask(cfg, q.device))
+    mask = na_mask(cfg, q.device)
+    density.record_mask(mask, causal=causal, batch=q.shape[0], heads=q.shape[1])
+    return dense_attention(q, k, v, mask)

@@ -2,11 +2,14 @@
 head-specific modulation of the last query row's logits, arXiv 2501.12206.
 
 Last query row only: `s_j ← s_j + α_h·|s_j|` on "top" image tokens and `+ β·|s_j|` on "bottom"
-ones, then softmax (PAI-style). Token streams (deviation: the paper reads them from the vision
-encoder's CLS attention in layers 1 and L−1; here they come from the base's own last-row attention,
-summed over heads): top = the `top_frac` image tokens with the most attention, bottom = image tokens
-whose attention is an outlier (> Q3 + 1.5·IQR), top −= bottom. Head modulation (absent from the
-released code, spec [unverified]): `α_h = α·minmax_h(visual mass of head h)`.
+ones, then softmax (PAI-style). Token streams: top = the `top_frac` image tokens with the most
+attention, bottom = image tokens whose attention is an outlier (> Q3 + 1.5·IQR), top −= bottom. As
+the paper applies it (model level, `suites/hallucination/apply.py`): the attention is the image
+encoder's CLS attention (its layers 1 and L−1, heads summed), passed in `stream_scores` `[B, N_img]`,
+and only the decoder layers `layer_range` are edited (None = every layer). A bare q, k, v call has no
+encoder: with `stream_scores` None the streams come from the base's own last-row attention (summed
+over heads). Head modulation (absent from the released code, spec [unverified]):
+`α_h = α·minmax_h(visual mass of head h)`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ SPEC = AttentionSpec(
     family="intervention",
     wraps_base=True,
     defaults={**iv.COMMON_DEFAULTS, "alpha": 0.7, "beta": 0.3, "top_frac": 0.25, "head_modulation": True,
-              "img_span": None},
+              "img_span": None, "stream_scores": None, "layer_range": None},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),
     flops=iv.base_flops(1.0),
     check=iv.check_base,
@@ -35,10 +38,14 @@ SPEC = AttentionSpec(
 )
 
 
-def streams(p_last: torch.Tensor, img: torch.Tensor, top_frac: float, alpha: float, head_modulation: bool
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """From the last row's probabilities `[B, H, Nk]`: top `[B, Nk]`, bottom `[B, Nk]` (0/1), α_h `[B, H]`."""
+def streams(p_last: torch.Tensor, img: torch.Tensor, top_frac: float, alpha: float, head_modulation: bool,
+            stream_scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From the last row's probabilities `[B, H, Nk]` (and the encoder's image-token scores `[B, N_img]` when
+    given): top `[B, Nk]`, bottom `[B, Nk]` (0/1), α_h `[B, H]`."""
     score = p_last.sum(1).double()  # [B, Nk], summed over heads
+    if stream_scores is not None:
+        score = torch.zeros_like(score)
+        score[:, img] = stream_scores.to(score.device, score.dtype)
     n_img = int(img.sum())
     if n_img == 0:
         z = torch.zeros_like(score)
@@ -68,10 +75,11 @@ def edit_last_row(s: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, a_h:
 def imbalance_fix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
                   base_params: Params = MappingProxyType({}), alpha: float = 0.7, beta: float = 0.3,
                   top_frac: float = 0.25, head_modulation: bool = True,
-                  img_span: list[int] | None = None) -> torch.Tensor:
+                  img_span: list[int] | None = None, stream_scores: torch.Tensor | None = None,
+                  layer_range: list[int] | None = None) -> torch.Tensor:
     """Reference: materialised logits, last row edited, softmax, `P v`."""
     s = iv.logits(q, k, causal, {"base": base, "base_params": base_params})
     img = iv.img_mask(img_span, k.shape[-2], q.device)
-    top, bottom, a_h = streams(iv.softmax0(s)[:, :, -1], img, top_frac, alpha, head_modulation)
+    top, bottom, a_h = streams(iv.softmax0(s)[:, :, -1], img, top_frac, alpha, head_modulation, stream_scores)
     p = iv.softmax0(edit_last_row(s, top, bottom, a_h, beta))
     return (p @ v.to(p.dtype)).to(q.dtype)

@@ -1,6 +1,10 @@
 """Multi-DConv-Head Attention — "Primer: Searching for Efficient Transformers for Language Modeling"
 (So et al., 2021), arXiv 2109.08668. A 3-tap depthwise convolution over positions after each of the
 Q, K, V projections, then plain softmax attention.
+
+Positions: the convs mix neighbouring tokens but are not a position code (Primer's model keeps the
+Transformer's own position scheme), so MDHA takes the same `rope` flag as MHA (rotation after the
+convs, on q and k) and the proxies train it with the same positional treatment as MHA.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from torch import nn
 from attnbench.flops import dense_flops
 from attnbench.ops import causal_mask, dense_attention
 from attnbench.registry import register_method, step
+from attnbench.rope import rotary
 from attnbench.spec import AttentionSpec, Backend, Capabilities, FlopCount, Paper, Params, Workload
 
 
@@ -103,8 +108,11 @@ class MDHA(nn.Module):
     """Q/K/V projections, a depthwise conv after each, softmax attention, output projection."""
 
     def __init__(self, d_model: int, n_heads: int, *, backend: Backend | str, causal: bool,
-                 kernel_size: int, share_across_heads: bool) -> None:
+                 kernel_size: int, share_across_heads: bool, rope: bool = False) -> None:
         super().__init__()
+        if rope and (d_model // n_heads) % 2:
+            raise ValueError(f"RoPE needs an even head dim, got {d_model // n_heads}")
+        self.rope = rope
         self.n_heads, self.head_dim, self.causal = n_heads, d_model // n_heads, causal
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.convs = nn.ModuleList(
@@ -119,13 +127,16 @@ class MDHA(nn.Module):
         b, n, _ = x.shape
         q, k, v = (conv(t).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
                    for conv, t in zip(self.convs, self.qkv(x).chunk(3, dim=-1), strict=True))
+        if self.rope:
+            q, k = rotary(q), rotary(k)
         o = self.attend(q, k, v, causal=self.causal)
         return self.out(o.transpose(1, 2).reshape(b, n, -1))
 
 
 @register_method(SPEC)
 def mdha(d_model: int, n_heads: int, *, backend: Backend | str = Backend.REFERENCE, causal: bool = False,
-         kernel_size: int = 3, share_across_heads: bool = False) -> MDHA:
-    """Build an MDHA layer on `x [B, N, C]` whose attention step runs under `backend`."""
+         kernel_size: int = 3, share_across_heads: bool = False, rope: bool = False) -> MDHA:
+    """Build an MDHA layer on `x [B, N, C]` whose attention step runs under `backend`; `rope`
+    rotates the convolved q/k by position."""
     return MDHA(d_model, n_heads, backend=backend, causal=causal, kernel_size=kernel_size,
-                share_across_heads=share_across_heads)
+                share_across_heads=share_across_heads, rope=rope)

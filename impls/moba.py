@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from attnbench import density
 from attnbench.flops import mask_flops
 from attnbench.inputs import make_qkv
 from attnbench.ops import causal_mask, dense_attention
@@ -52,10 +53,31 @@ def moba_mask(sel: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 def _flops(w: Workload, params: Params) -> FlopCount:
-    """From the routing of a seeded random input of `w` (make_qkv seed 0); tiles of 128×128."""
-    q, k, _ = make_qkv(w.replace(dtype="float32"), seed=0)
+    """From the routing of a seeded random input of `w` (make_qkv seed 0); tiles of 128×128.
+
+    The router (block means, gate scores, top-k) is input-dependent work: in useful and executed."""
+    from attnbench.flops import block_routing_flops, with_routing
+
+    q, k, _ = make_qkv(w.replace(dtype="float32"), seed=0, device="cpu")
     sel = moba_select(q, k, block_size=params["block_size"], topk=params["topk"])
-    return mask_flops(w, moba_mask(sel, params["block_size"]))
+    return with_routing(mask_flops(w, moba_mask(sel, params["block_size"])),
+                        block_routing_flops(w, params["block_size"]))
+
+
+def moba_pairs(n: int, block_size: int, topk: int) -> float:
+    """Causal pairs MoBA attends on `n` tokens, whatever the input: the own block up to the query,
+    plus `topk − 1` past blocks (always full) while that many exist."""
+    i = torch.arange(n, dtype=torch.float64)
+    return float((i % block_size + 1 + block_size * (i // block_size).clamp(max=topk - 1)).sum())
+
+
+def at_density(w: Workload, target: float, params: Params) -> dict:
+    """(block_size, topk) attending `target` of the causal pairs of `w`, within one block.
+
+    Blocks are powers of two; among settings within half a block of the target the one with about
+    16 blocks and top-k ≥ 2 (the router still chooses) wins (`attnbench.density.pick`)."""
+    n = w.seq_q
+    return density.pick(density.block_topk_choices(n, True, lambda b, k: moba_pairs(n, b, k)), target)
 
 
 SPEC = AttentionSpec(
@@ -66,6 +88,7 @@ SPEC = AttentionSpec(
     defaults={"block_size": 512, "topk": 3},
     capabilities=Capabilities(causal=True, noncausal=False),
     flops=_flops,
+    at_density=at_density,
     check=lambda w, p: None if w.seq_q == w.seq_kv else "moba needs seq_q == seq_kv (self-attention prefill)",
     claims=("Up to 6.5× prefill speedup at 1M tokens over full FlashAttention.",
             "16× lower attention time at 10M tokens (95.31% sparse); LM loss close to full attention."),
@@ -79,4 +102,6 @@ def moba(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = Tr
     if not causal:
         raise ValueError("moba is causal only")
     sel = moba_select(q, k, block_size=block_size, topk=topk)
-    return dense_attention(q, k, v, moba_mask(sel, block_size))
+    mask = moba_mask(sel, block_size)
+    density.record_mask(mask, causal=True)
+    return dense_attention(q, k, v, mask)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from attnbench import density
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, core_flops, tile_stats
 from attnbench.ops import dense_attention
 from attnbench.registry import register_method
@@ -265,6 +266,34 @@ def mask_mod(w: Workload, params: Params) -> Callable[..., torch.Tensor]:
     return na_mask_mod_of(workload_config(w, params))
 
 
+def kernel_choices(w: Workload, params: Params, stride_ratio: float | None = None) -> list[density.Choice]:
+    """One candidate per kernel size k (the same on every axis) with its exact density on `w`.
+
+    Pairs factorise over the axes (the product of the per-axis mask sums); allowed pairs are the
+    workload's (causal or all). `stride_ratio` (GNA) keeps stride ≈ ratio·k, at least 1."""
+    allowed = density.allowed_pairs(w.seq_q, w.seq_kv, w.causal)
+    out: list[tuple[dict, float]] = []
+    for k in range(1, max(w.spatial or (w.seq_q,)) + 1):
+        trial = {**params, "kernel_size": k}
+        if stride_ratio is not None:
+            trial["stride"] = min(k, max(1, round(k * stride_ratio)))
+        try:
+            cfg = workload_config(w, trial)
+        except ValueError:
+            continue
+        if cfg.problem() is None:
+            pairs = math.prod(float(m.sum()) for m in axis_masks(cfg))
+            out.append(({key: trial[key] for key in ("kernel_size", "stride") if key in trial}, pairs / allowed))
+    return [density.Choice(p, d, max(abs(d - out[j][1]) for j in (i - 1, i + 1) if 0 <= j < len(out))
+                           if len(out) > 1 else 1.0)
+            for i, (p, d) in enumerate(out)]
+
+
+def at_density(w: Workload, target: float, params: Params) -> dict:
+    """The kernel size (all axes) attending `target` of the allowed pairs of `w`."""
+    return density.pick(kernel_choices(w, params), target)
+
+
 SPEC = AttentionSpec(
     name="neighborhood",
     title="Neighborhood attention (1-D/2-D/3-D, dilated, causal per axis)",
@@ -277,6 +306,7 @@ SPEC = AttentionSpec(
     adapt=adapt,
     check=check,
     mask_mod=mask_mod,
+    at_density=at_density,
     claims=("GEMM-based NA: +895% (1-D) / +272% (2-D) average over naive NATTEN kernels in fp32.",
             "Fused NA in half precision: about +1607% (1-D) / +581% (2-D) over naive kernels."),
 )
@@ -300,4 +330,6 @@ def neighborhood(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
                                           "is_causal": is_causal, "dims": dims}, spatial)
     if (why := cfg.problem()) is not None:
         raise ValueError(why)
-    return dense_attention(q, k, v, na_mask(cfg, q.device))
+    mask = na_mask(cfg, q.device)
+    density.record_mask(mask, causal=causal, batch=q.shape[0], heads=q.shape[1])
+    return dense_attention(q, k, v, mask)

@@ -5,22 +5,28 @@ Per head, the `(F, H, W)` tokens are reordered by one of the 6 axis permutations
 calibration pass so that the head's attention pattern becomes block-local; a static block-sparse
 mask at a target density then skips blocks, and the kept blocks may use INT8/INT4 `QKᵀ` and `PV`.
 
-Calibration here runs on the call's own q and k (batch-averaged attention maps): it stands for
-the offline calibration prompt. The permutation score is the fraction of `block`×`block` blocks
-needed to cover `coverage` of the attention mass (fewer is better); the card's second,
-quantisation-incoherence score is not implemented. Quantisation is fake (quantise-dequantise,
-symmetric, one scale per block): it measures accuracy, not the speed of real INT4 mma.
+Calibrated, then frozen: the permutation and the block mask come from a separate calibration
+batch (`calib_seed`: seeded q, k of the evaluated shape, batch 1, drawn on CPU; it stands for the
+offline calibration prompt), computed once, cached, and applied unchanged to every evaluated
+input — never calibrated on the input it evaluates. The permutation score is the fraction of
+`block`×`block` blocks needed to cover `coverage` of the attention mass (fewer is better).
+Diagnostics on the evaluated input: `mask_recall` (attention mass the frozen mask keeps) and
+the quantisation-incoherence score (mean max/mean of |P| over the kept blocks; 1 = flat).
+Quantisation is fake (quantise-dequantise, symmetric, one scale per block): it measures
+accuracy, not the speed of real INT4 mma.
 Defaults are the unquantised path (`qk_bits = pv_bits = 0`); the paper's recipe is qk 8 / pv 4.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
 
 import torch
 
+from attnbench.execute import register_diagnostics
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
 from attnbench.impls.vmoba import as_grid, default_grid
 from attnbench.ops import dense_attention
@@ -85,6 +91,40 @@ def paro_plan(q: torch.Tensor, k: torch.Tensor, *, grid: tuple[int, int, int], b
     return perm, keep.view(h, nb, nb)
 
 
+@functools.lru_cache(maxsize=16)
+def _calibrated(heads: int, n: int, d: int, grid: tuple[int, int, int], block: int, density: float,
+                coverage: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    qc, kc = (torch.randn(1, heads, n, d, generator=gen) for _ in range(2))
+    return paro_plan(qc, kc, grid=grid, block=block, density=density, coverage=coverage)
+
+
+def calibrated_plan(heads: int, n: int, d: int, *, grid: tuple[int, int, int], block: int, density: float,
+                    coverage: float, calib_seed: int, device: torch.device | str = "cpu"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen (perm `[H, N]`, block mask `[H, nb, nb]`) from the seeded calibration batch."""
+    perm, mblk = _calibrated(heads, n, d, tuple(grid), block, float(density), float(coverage), int(calib_seed))
+    return perm.to(device), mblk.to(device)
+
+
+def mask_recall(q: torch.Tensor, k: torch.Tensor, perm: torch.Tensor, mblk: torch.Tensor, block: int) -> float:
+    """Mean over (batch, head, query) of the full-attention mass of the evaluated input that the
+    frozen block mask keeps (1 = the mask misses nothing)."""
+    qp, kp = permute_heads(q.float(), perm), permute_heads(k.float(), perm)
+    p = torch.softmax((qp @ kp.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
+    return float((p * token_mask(mblk, block)).sum(-1).mean())
+
+
+def incoherence(q: torch.Tensor, k: torch.Tensor, perm: torch.Tensor, mblk: torch.Tensor, block: int) -> float:
+    """PARO's quantisation metric on the evaluated input: max/mean of |P| per kept block, averaged
+    (the fake-quant error of a block grows with it)."""
+    qp, kp = permute_heads(q.float(), perm), permute_heads(k.float(), perm)
+    p = torch.softmax((qp @ kp.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
+    t = p.unflatten(-1, (-1, block)).unflatten(-3, (-1, block))  # [B, H, nb, block, nb, block]
+    ratio = t.amax(dim=(-3, -1)) / t.mean(dim=(-3, -1)).clamp_min(1e-30)  # [B, H, nb, nb]
+    return float(ratio[mblk.expand_as(ratio)].mean())
+
+
 def fake_quant(x: torch.Tensor, bits: int, rows: int, cols: int | None = None) -> torch.Tensor:
     """Symmetric per-tile fake quantisation of `x [..., R, C]` with `rows`×`cols` tiles (cols=None: all C)."""
     if not bits:
@@ -126,7 +166,7 @@ SPEC = AttentionSpec(
     paper=Paper("PAROAttention: Pattern-Aware ReOrdering for Efficient Sparse and Quantized Attention "
                 "in Visual Generation Models", 2025, "2506.16054"),
     family="sparse-static",
-    defaults={"density": 0.25, "block": 64, "qk_bits": 0, "pv_bits": 0, "coverage": 0.9},
+    defaults={"density": 0.25, "block": 64, "qk_bits": 0, "pv_bits": 0, "coverage": 0.9, "calib_seed": 1234},
     capabilities=Capabilities(causal=False, noncausal=True, dims=(1, 2, 3)),
     flops=_flops,
     adapt=lambda w, p: w if w.spatial else w.replace(spatial=default_grid(w.seq_q)),
@@ -148,15 +188,24 @@ def sparse_quant_attention(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor,
     return fake_quant(p, pv_bits, block, block) @ vp
 
 
+def frozen_plan(q: torch.Tensor, *, block: int, density: float, coverage: float, calib_seed: int,
+                spatial: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The calibrated plan for q's shape (input-independent: only shapes and params are read)."""
+    _, h, n, d = q.shape
+    return calibrated_plan(h, n, d, grid=as_grid(n, spatial), block=block, density=density, coverage=coverage,
+                           calib_seed=calib_seed, device=q.device)
+
+
 @register_method(SPEC)
 def paro(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, density: float = 0.25,
-         block: int = 64, qk_bits: int = 0, pv_bits: int = 0, coverage: float = 0.9,
+         block: int = 64, qk_bits: int = 0, pv_bits: int = 0, coverage: float = 0.9, calib_seed: int = 1234,
          spatial: Sequence[int] | None = None) -> torch.Tensor:
-    """Calibrate, permute per head, block-masked (fake-quantised) attention, un-permute. `[B, H, N, D]`."""
+    """Frozen calibrated plan, permute per head, block-masked (fake-quantised) attention, un-permute.
+    `[B, H, N, D]`; the plan comes from the `calib_seed` calibration batch, never from q, k."""
     if causal:
         raise ValueError("paro is non-causal")
-    perm, mblk = paro_plan(q, k, grid=as_grid(q.shape[2], spatial), block=block, density=density,
-                           coverage=coverage)
+    perm, mblk = frozen_plan(q, block=block, density=density, coverage=coverage, calib_seed=calib_seed,
+                             spatial=spatial)
     qp, kp, vp = (permute_heads(t, perm) for t in (q, k, v))
     o = sparse_quant_attention(qp, kp, vp, mblk, block=block, qk_bits=qk_bits, pv_bits=pv_bits)
     return permute_heads(o, torch.argsort(perm, dim=-1)).to(q.dtype)
@@ -173,11 +222,26 @@ def paro_error(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Params
     full = dense_attention(q.float(), k.float(), v.float())
     sparse = paro(q.float(), k.float(), v.float(), **{**p, "qk_bits": 0, "pv_bits": 0}, spatial=spatial)
     quant = paro(q.float(), k.float(), v.float(), **p, spatial=spatial)
-    _, mblk = paro_plan(q, k, grid=as_grid(q.shape[2], spatial), block=p["block"], density=p["density"],
-                        coverage=p["coverage"])
+    perm, mblk = frozen_plan(q, block=p["block"], density=p["density"], coverage=p["coverage"],
+                             calib_seed=p["calib_seed"], spatial=spatial)
 
     def rel(o: torch.Tensor) -> float:
         return float((o - full).norm() / full.norm())
 
     return {"rel_err_sparse": rel(sparse), "rel_err": rel(quant),
-            "max_abs_err": float((quant - full).abs().max()), "density": float(mblk.float().mean())}
+            "max_abs_err": float((quant - full).abs().max()), "density": float(mblk.float().mean()),
+            "mask_recall": mask_recall(q, k, perm, mblk, p["block"]),
+            "incoherence": incoherence(q, k, perm, mblk, p["block"])}
+
+
+def paro_diagnostics(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Params) -> dict[str, float]:
+    """Rows for the suites: mask recall and incoherence of the frozen plan on the evaluated input."""
+    p = SPEC.params({key: val for key, val in params.items() if key != "spatial"})
+    perm, mblk = frozen_plan(q, block=p["block"], density=p["density"], coverage=p["coverage"],
+                             calib_seed=p["calib_seed"], spatial=params.get("spatial"))
+    return {"mask_recall": mask_recall(q, k, perm, mblk, p["block"]),
+            "incoherence": incoherence(q, k, perm, mblk, p["block"]),
+            "calib_seed": float(p["calib_seed"])}
+
+
+register_diagnostics(SPEC, paro_diagnostics)

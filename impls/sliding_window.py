@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from attnbench import density
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
 from attnbench.ops import dense_attention
 from attnbench.ops import dense_kv_cache_bytes as kv_cache_bytes
@@ -90,6 +91,12 @@ def check_window(w: Workload, params: Params) -> str | None:
     return None
 
 
+def at_density(w: Workload, target: float, params: Params) -> dict:
+    """The window attending `target` of the allowed pairs of `w` (exact counts; one key per step,
+    two when non-causal, whose band grows symmetrically)."""
+    return density.pick(density.window_choices(w.seq_kv, w.causal), target)
+
+
 SPEC = AttentionSpec(
     name="sliding_window",
     title="Sliding-window attention",
@@ -101,6 +108,7 @@ SPEC = AttentionSpec(
     kv_cache_bytes=lambda w, p: kv_cache_bytes(w.replace(seq_kv=min(w.seq_kv, p["window"])), p),
     check=check_window,
     mask_mod=window_mask_mod,
+    at_density=at_density,
     claims=("Attention cost linear in sequence length: O(N·w) instead of O(N²).",),
 )
 
@@ -118,4 +126,5 @@ def sliding_window(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
         `[B, Hq, Nq, D]` in q's dtype; a row with no visible key is 0.
     """
     mask = window_mask(q.shape[-2], k.shape[-2], window=window, causal=causal, device=q.device)
+    density.record_mask(mask, causal=causal, batch=q.shape[0], heads=q.shape[1])
     return dense_attention(q, k, v, mask)

@@ -1,9 +1,11 @@
 """SoftPAG — soft perturbed-attention guidance on selected heads (HeadHunter, Ahn et al. 2025), arXiv 2506.10978.
 
 In the selected heads the attention map is interpolated toward the identity, `A' = (1−u)A + uI`
-(u = 1 is PAG's identity map: every token attends to itself, output = v). The guidance step
-`ε = (1+w)ε_orig − w·ε_perturbed` combines two model forwards and lives at model level
-(`pag_guidance`). HeadHunter's greedy head search is `attnbench.analysis.head_hunter`.
+(u = 1 is PAG's identity map: every token attends to itself, output = v). The perturbed model is the
+"weak" model of guidance: the paper decodes with `(1+w)·out_orig − w·out_perturbed`, two model
+forwards combined at model level (`guidance` = w, read by `attnbench.intervene.Guided`; the functional
+form here is the perturbation only). HeadHunter's greedy head search is
+`suites/hallucination/analysis.head_hunter`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ SPEC = AttentionSpec(
     paper=Paper("Fine-Grained Perturbation Guidance via Attention Head Selection", 2025, "2506.10978"),
     family="intervention",
     wraps_base=True,
-    defaults={**iv.COMMON_DEFAULTS, "strength": 0.5, "heads": None},
+    defaults={**iv.COMMON_DEFAULTS, "strength": 0.5, "heads": None, "guidance": 3.0},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),
     flops=iv.base_flops(1.0),
     check=iv.check_base,
@@ -44,7 +46,7 @@ def _gate(q: torch.Tensor, strength: float, heads: list[int] | None) -> torch.Te
 @register_method(SPEC)
 def softpag(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
             base_params: Params = MappingProxyType({}), strength: float = 0.5,
-            heads: list[int] | None = None) -> torch.Tensor:
+            heads: list[int] | None = None, guidance: float = 3.0) -> torch.Tensor:
     """Reference: materialise the base's `P [B, H, N, N]`, mix with the identity, multiply by v."""
     p = iv.probs(q, k, causal, {"base": base, "base_params": base_params})
     u = _gate(q, strength, heads).to(p.dtype)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from attnbench import density
 from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE
 from attnbench.ops import dense_attention
 from attnbench.registry import register_method, step
@@ -39,7 +40,9 @@ def masked_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     b, h, n, _ = q.shape
     sparse = torch.zeros(b, h, n - n_dense, n, dtype=torch.bool, device=q.device).scatter_(-1, idx, True)
     dense = torch.ones(b, h, n_dense, n, dtype=torch.bool, device=q.device)
-    return dense_attention(q, k, v, torch.cat([dense, sparse], dim=2))
+    mask = torch.cat([dense, sparse], dim=2)
+    density.record_mask(mask, causal=False)
+    return dense_attention(q, k, v, mask)
 
 
 def _flops(w: Workload, params: Params) -> FlopCount:
@@ -63,6 +66,17 @@ def _flops(w: Workload, params: Params) -> FlopCount:
     return FlopCount(useful=useful, executed=executed, softmax=softmax)
 
 
+def at_density(w: Workload, target: float, params: Params) -> dict:
+    """`keep_ratio` whose K keys per row (CLS rows see all N) attend `target` of the N² pairs."""
+    n, n_dense = w.seq_q, int(bool(params["cls_token"]))
+    rows = max(n - n_dense, 1)
+    k = min(n, max(1, round((target * n * n - n_dense * n) / rows)))
+    ratio = k / n
+    while budget(n, ratio) > k:  # float rounding: ⌈ratio·n⌉ must give exactly K
+        ratio = math.nextafter(ratio, 0.0)
+    return {"keep_ratio": ratio}
+
+
 SPEC = AttentionSpec(
     name="sparsifiner",
     title="Sparsifiner (instance-dependent sparse attention)",
@@ -74,6 +88,7 @@ SPEC = AttentionSpec(
               "cls_token": True, "num_tokens": 197},
     capabilities=Capabilities(causal=False, noncausal=True, dims=(1, 2)),
     flops=_flops,
+    at_density=at_density,
     adapt=lambda w, p: w if w.spatial else w.replace(spatial=(w.seq_q,)),
     check=lambda w, p: None if w.seq_q == w.seq_kv else "sparsifiner is self-attention (seq_q == seq_kv)",
     claims=("−48% to −69% MHSA FLOPs with ≤0.4% top-1 drop (ImageNet).",),

@@ -2,9 +2,11 @@
 arXiv 2304.06446. The spectral gating layer: FFT over the token grid, a learnable complex filter per
 (frequency, channel), inverse FFT (a learned global circular convolution, O(N log N)).
 
-SpectFormer itself is a hybrid: spectral gating in the first α layers, MHSA in the rest. That is a
-model-level choice: `spectformer_mixers(depth, ..., alpha=4)` returns the token mixers of such a
-stack (spectral layers, then `mha` layers from the registry) for a trainer to wrap in its blocks.
+SpectFormer itself is a hybrid: spectral gating in the first α layers, MHSA in the rest. The spec's
+`layout` (`spectformer_layout`) is that plan, so the proxies train the paper's model: `alpha` spectral
+layers (default: the paper's 4 of 12, a third of the depth, at least one), then `mha`. `alpha` equal
+to the depth is the all-spectral (GFNet-like) stack; `alpha=0` is the plain attention stack. As a
+single layer (latency, correctness, FLOPs) `spectformer` is the spectral gating layer.
 """
 
 from __future__ import annotations
@@ -37,6 +39,21 @@ def spectformer_flops(w: Workload, params: Params) -> FlopCount:
     return FlopCount(useful=useful, executed=useful)
 
 
+def spectral_layers(n_layers: int, alpha: int | None) -> int:
+    """α for a depth: `alpha` itself (0…depth), or (None) the paper's 4/12 ratio, at least one."""
+    if alpha is None:
+        return min(n_layers, max(1, round(n_layers / 3)))
+    if not 0 <= int(alpha) <= n_layers:
+        raise ValueError(f"spectformer: alpha={alpha} spectral layers do not fit a depth of {n_layers}")
+    return int(alpha)
+
+
+def spectformer_layout(n_layers: int, params: Params) -> tuple[str, ...]:
+    """The paper's plan: α spectral gating layers (`spectformer`), then MHSA (`mha`)."""
+    a = spectral_layers(n_layers, params["alpha"])
+    return ("spectformer",) * a + ("mha",) * (n_layers - a)
+
+
 SPEC = AttentionSpec(
     name="spectformer",
     title="Spectral gating (SpectFormer)",
@@ -44,10 +61,11 @@ SPEC = AttentionSpec(
                 "2304.06446"),
     family="spectral",
     kind="layer",
-    defaults={"init_std": 0.02},
+    defaults={"init_std": 0.02, "alpha": None},
     capabilities=Capabilities(causal=False, noncausal=True, gqa=False, dims=(2,)),
     flops=spectformer_flops,
     adapt=adapt,
+    layout=spectformer_layout,
     claims=("SpectFormer-S 84.25% and SpectFormer-L 85.7% ImageNet top-1; +2% over GFNet-H and LiT.",),
 )
 
@@ -93,10 +111,12 @@ class SpectralGating(nn.Module):
     Args:
         d_model: C. n_heads: ignored. spatial: the token grid (required: W is `[a, ⌊b/2⌋+1, C]`).
         init_std: W starts as N(0, init_std²) per real and imaginary part (0.02 in the paper).
+        alpha: the model plan's spectral depth (`spectformer_layout`); unused by the layer.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False,
-                 spatial: tuple[int, ...] | None = None, init_std: float = 0.02) -> None:
+                 spatial: tuple[int, ...] | None = None, init_std: float = 0.02, alpha: int | None = None
+                 ) -> None:
         super().__init__()
         if causal:
             raise ValueError("spectformer has no causal form (the filter is a global circular conv)")
@@ -121,7 +141,8 @@ class SpectralGating(nn.Module):
 
 @register_method(SPEC)
 def spectformer(d_model: int, n_heads: int, *, backend: Backend | str, causal: bool = False,
-                spatial: tuple[int, ...] | None = None, init_std: float = 0.02) -> SpectralGating:
+                spatial: tuple[int, ...] | None = None, init_std: float = 0.02, alpha: int | None = None
+                ) -> SpectralGating:
     """Build a spectral gating layer for the token grid `spatial`."""
     return SpectralGating(d_model, n_heads, backend=backend, causal=causal, spatial=spatial,
                           init_std=init_std)
@@ -130,7 +151,8 @@ def spectformer(d_model: int, n_heads: int, *, backend: Backend | str, causal: b
 def spectformer_mixers(depth: int, d_model: int, n_heads: int, *, spatial: tuple[int, int], alpha: int = 4,
                        backend: Backend | str = Backend.NATIVE, mha_backend: Backend | str = Backend.SDPA
                        ) -> nn.ModuleList:
-    """Token mixers of a SpectFormer stack: spectral gating in layers < α, MHSA (`mha`) after.
+    """Token mixers of a SpectFormer stack (`spectformer_layout`): spectral gating in layers < α,
+    MHSA (`mha`) after, for a trainer other than the proxy model (which builds the layout itself).
 
     The paper's spectral block is `x + MLP(LN(SGN(LN x)))` (one residual branch); a trainer that
     uses standard pre-norm blocks gets `x + SGN(LN x)` then its MLP, a small deviation.
@@ -138,5 +160,6 @@ def spectformer_mixers(depth: int, d_model: int, n_heads: int, *, spatial: tuple
     from attnbench.layers import build_layer
 
     return nn.ModuleList(
-        SpectralGating(d_model, n_heads, backend=backend, spatial=spatial) if i < alpha
-        else build_layer("mha", mha_backend, d_model, n_heads) for i in range(depth))
+        SpectralGating(d_model, n_heads, backend=backend, spatial=spatial) if name == "spectformer"
+        else build_layer("mha", mha_backend, d_model, n_heads)
+        for name in spectformer_layout(depth, {"alpha": alpha}))

@@ -2,10 +2,14 @@
 LVLMs with Vision-aware Head Divergence"), arXiv 2412.13949.
 
 VHD per head = L2 distance between the head output at the last position with and without the
-image tokens (here: the same layer with image keys masked out, a per-layer stand-in for the paper's
-second image-free forward). Heads with `VHD > mean + z·std` of the layer are outliers and dropped;
-the rest above the layer median are multiplied by `alpha`. Stacking vhr layers re-computes VHD after
-the earlier layers were reinforced, as the paper does layer by layer.
+image. As the paper computes it (true VHD): a second forward of the model without the image tokens,
+whose per-layer head outputs at the last position the model-level application
+(`suites/hallucination/apply.py`) passes in `noimg_last` `[B, H, D]`; T-VHD (per generated token) is
+the sum of VHD over every head of every layer. A bare q, k, v call has no second forward: with
+`noimg_last` None it uses the per-layer stand-in (the same layer with image keys masked out). Heads
+with `VHD > mean + z·std` of the layer are outliers and dropped; the rest above the layer median are
+multiplied by `alpha`. Stacking vhr layers re-computes VHD after the earlier layers were reinforced,
+as the paper does layer by layer.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ SPEC = AttentionSpec(
                 "2412.13949"),
     family="intervention",
     wraps_base=True,
-    defaults={**iv.COMMON_DEFAULTS, "alpha": 2.0, "outlier_z": 1.0, "img_span": None},
+    defaults={**iv.COMMON_DEFAULTS, "alpha": 2.0, "outlier_z": 1.0, "img_span": None, "noimg_last": None},
     capabilities=Capabilities(causal=True, noncausal=True, gqa=False),
     flops=iv.base_flops(1.0),
     check=iv.check_base,
@@ -55,6 +59,11 @@ def last_noimg(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
     return (p @ v.to(p.dtype))[:, :, 0]
 
 
+def t_vhd(vhd_lh: torch.Tensor) -> torch.Tensor:
+    """T-VHD: the sum of VHD over layers and heads (`[..., L, H]` → `[...]`)."""
+    return vhd_lh.sum((-1, -2))
+
+
 def reinforce(o: torch.Tensor, o_last_noimg: torch.Tensor, alpha: float, z: float) -> torch.Tensor:
     """Scale the selected heads of `o [B, H, N, D]` by alpha (VHD from its last row)."""
     score = vhd(o[:, :, -1], o_last_noimg)
@@ -67,10 +76,12 @@ def reinforce(o: torch.Tensor, o_last_noimg: torch.Tensor, alpha: float, z: floa
 @register_method(SPEC)
 def vhr(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, base: str = "mha",
         base_params: Params = MappingProxyType({}), alpha: float = 2.0, outlier_z: float = 1.0,
-        img_span: list[int] | None = None) -> torch.Tensor:
-    """Reference: both branches from materialised probabilities, then per-head scaling."""
+        img_span: list[int] | None = None, noimg_last: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference: both branches from materialised probabilities (or `noimg_last` from the model's image-free
+    forward), then per-head scaling."""
     params = {"base": base, "base_params": base_params}
     p = iv.probs(q, k, causal, params)
     o = p @ v.to(p.dtype)
-    img = iv.img_mask(img_span, k.shape[-2], q.device)
-    return reinforce(o, last_noimg(q, k, v, causal, params, img), alpha, outlier_z).to(q.dtype)
+    if noimg_last is None:
+        noimg_last = last_noimg(q, k, v, causal, params, iv.img_mask(img_span, k.shape[-2], q.device))
+    return reinforce(o, noimg_last.to(o.dtype), alpha, outlier_z).to(q.dtype)

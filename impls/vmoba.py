@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from attnbench import density
 from attnbench.flops import mask_flops
 from attnbench.impls.moba import block_means
 from attnbench.inputs import make_qkv
@@ -149,11 +150,45 @@ def _route_params(n: int, spatial: Sequence[int] | None, p: Params) -> dict:
 def _flops(w: Workload, params: Params) -> FlopCount:
     """From the routing of a seeded random input of `w` (make_qkv seed 0).
 
-    Tiles (128×128) are counted in permuted order, the order the fused kernels attend in.
+    Tiles (128×128) are counted in permuted order, the order the fused kernels attend in; the
+    router is in useful and executed.
     """
-    q, k, _ = make_qkv(w.replace(dtype="float32"), seed=0)
+    from attnbench.flops import block_routing_flops, with_routing
+
+    q, k, _ = make_qkv(w.replace(dtype="float32"), seed=0, device="cpu")
     _, sel, bs = vmoba_route(q, k, **_route_params(w.seq_q, w.spatial, params))
-    return mask_flops(w, sel[..., torch.arange(w.seq_kv) // bs])
+    routing = block_routing_flops(w, bs)  # block means, gate scores, selection: input-dependent
+    return with_routing(mask_flops(w, sel[..., torch.arange(w.seq_kv) // bs]), routing)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def at_density(w: Workload, target: float, params: Params) -> dict:
+    """Partition, block and top-k (per query-head) attending `target` of the pairs, within one block.
+
+    Top-k selection makes the density exact whatever the input: k of the N/bs blocks. Every chunking
+    of the grid that divides it is a candidate (the method's own partition first); the one with about
+    16 blocks and k ≥ 2 within half a block of the target wins (`attnbench.density.pick`)."""
+    grid = as_grid(w.seq_q, w.spatial)
+    n = math.prod(grid)
+    order = [params["partition"], *(p for p in PARTITIONS if p != params["partition"])]
+    seen, choices = set(), []
+    for part in order:
+        axes = {"1d": (0,), "2d": (1, 2), "3d": (0, 1, 2)}[part]
+        options = [_divisors(g) if ax in axes else [g] for ax, g in enumerate(grid)]
+        for chunks in ((a, b, c) for a in options[0] for b in options[1] for c in options[2]):
+            if chunks in seen:
+                continue
+            seen.add(chunks)
+            nblk = n // math.prod(chunks)
+            for k in range(1, nblk + 1):
+                choices.append(density.Choice(
+                    {"partition": part, "block": list(chunks), "select_mode": "topk", "topk": k,
+                     "threshold_type": "query_head"},
+                    k / nblk, 1 / nblk, routed=2 <= k < nblk, blocks=nblk))
+    return density.pick(choices, target)
 
 
 SPEC = AttentionSpec(
@@ -167,6 +202,7 @@ SPEC = AttentionSpec(
     flops=_flops,
     adapt=lambda w, p: w if w.spatial else w.replace(spatial=default_grid(w.seq_q)),
     check=_check,
+    at_density=at_density,
     claims=("Training: 2.92× FLOPs and 1.48× latency speedup at ~55K tokens, equal or better quality.",
             "Training-free: 2.40× FLOPs and 1.35× latency speedup."),
 )
@@ -183,4 +219,6 @@ def vmoba(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = F
     params = dict(partition=partition, block=block, select_mode=select_mode, topk=topk,
                   threshold=threshold, threshold_type=threshold_type)
     perm, sel, bs = vmoba_route(q, k, **_route_params(q.shape[2], spatial, params))
-    return dense_attention(q, k, v, vmoba_mask(perm, sel, bs))
+    mask = vmoba_mask(perm, sel, bs)
+    density.record_mask(mask, causal=False)
+    return dense_attention(q, k, v, mask)

@@ -18,6 +18,8 @@ def dcal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, r: int = 0,
     """Same contract as the reference step (`impls/dcal.py: dcal_step`)."""
     if kv2 is not None:
         return F.scaled_dot_product_attention(q, torch.cat([k, kv2[0]], 2), torch.cat([v, kv2[1]], 2)), None
+    if r <= 0:
+        return F.scaled_dot_product_attention(q, k, v), None
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     p0 = torch.softmax((q[:, :, :1].to(acc) @ k.to(acc).transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
     cls_row = 0.5 * p0[:, :, 0].mean(1)  # [B, N]: CLS row of 0.5·mean_h(P) + 0.5·I

@@ -1,5 +1,8 @@
 """Fused GNA: the exact blocked fast path (s = k: window partition + batched SDPA) and the
 GEMM-based gather kernel for any stride. FlexAttention comes from the generic backends.
+
+Executed FLOPs: blocked SDPA computes N·Πk scores (each window's block in full); the gather
+kernel counts its haloed tiles (kernels/neighborhood.py).
 """
 
 from __future__ import annotations
@@ -11,11 +14,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, core_flops, register_tile_sim
 from attnbench.impls.gna import SPEC
 from attnbench.impls.neighborhood import NAConfig, na_config, workload_config
-from attnbench.kernels.neighborhood import staged_tiled
+from attnbench.kernels.neighborhood import haloed_flops_of, na_sim_speedup, staged_tiled
 from attnbench.registry import register_backend
-from attnbench.spec import Backend, Params, Workload
+from attnbench.spec import Backend, FlopCount, Params, Workload
+
+register_tile_sim(SPEC, na_sim_speedup)
+
+
+def blocked_flops(w: Workload, params: Params) -> FlopCount:
+    """Window partition + SDPA: N/Πk windows of Πk queries × Πk keys (causal masks inside)."""
+    cfg = workload_config(w, params)
+    pairs = cfg.n * math.prod(cfg.kernel)
+    return FlopCount(useful=SPEC.flops(w, params).useful, executed=core_flops(w, pairs),
+                     softmax=SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * pairs)
 
 
 def _config(n: int, causal: bool, **params: Any) -> NAConfig:
@@ -75,7 +89,7 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NA
     return o.reshape(shape_perm).permute(torch.tensor(order).argsort().tolist()).reshape(b, hq, n, d)
 
 
-@register_backend(SPEC, Backend.SDPA, can_run=blocked_can_run)
+@register_backend(SPEC, Backend.SDPA, can_run=blocked_can_run, flops=blocked_flops)
 def gna_blocked_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                      kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 16,
                      dilation: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False,
@@ -88,7 +102,7 @@ def gna_blocked_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     return blocked_attention(q, k, v, cfg)
 
 
-@register_backend(SPEC, Backend.NATIVE, staged=True)
+@register_backend(SPEC, Backend.NATIVE, staged=True, flops=haloed_flops_of(SPEC))
 def gna_gather(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 16,
                dilation: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False,

@@ -18,12 +18,13 @@ from attnbench.spec import Backend, Params
 def imbalance_fix_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                        base: str = "mha", base_params: Params = MappingProxyType({}), alpha: float = 0.7,
                        beta: float = 0.3, top_frac: float = 0.25, head_modulation: bool = True,
-                       img_span: list[int] | None = None) -> torch.Tensor:
+                       img_span: list[int] | None = None, stream_scores: torch.Tensor | None = None,
+                       layer_range: list[int] | None = None) -> torch.Tensor:
     params = {"base": base, "base_params": base_params}
     n = q.shape[-2]
     img = iv.img_mask(img_span, k.shape[-2], q.device)
     p_last = iv.rows_probs(q, k, causal, params, slice(n - 1, n))[:, :, 0]
-    top, bottom, a_h = (t.to(q.dtype) for t in streams(p_last, img, top_frac, alpha, head_modulation))
+    top, bottom, a_h = (t.to(q.dtype) for t in streams(p_last, img, top_frac, alpha, head_modulation, stream_scores))
     last = n - 1
 
     def score_edit(score, b, h, q_idx, kv_idx):

@@ -5,101 +5,43 @@
   is ~ N·k·block·D instead of N²·D/2. Routing runs inside the call.
 - `sdpa`: the same scheme with every branch in PyTorch's fused CPU SDPA kernel, which returns the
   LSE (forward only: that LSE carries no gradient).
-- `flex` / `flex_compiled` (staged): FlexAttention with the selection captured in `mask_mod` and
-  a BlockMask built from the block-OR of the token mask; the router and mask build are setup.
+- `flex` / `flex_compiled`: FlexAttention with the selection captured in `mask_mod` and a
+  BlockMask built from the block-OR of the token mask; router and mask build run inside every
+  call (routing depends on the input), only compilation is setup.
+
+Executed FLOPs per backend (`Impl.flops`, on the seeded input `make_qkv(w, seed=0)` the suites
+time): the gathered branches compute, per KV block, the largest number of queries any (batch,
+head) routed to it (the padding of `gathered_block_attention`), plus the self blocks in full;
+eager flex computes every score; compiled flex visits the BlockMask's 128×128 tiles. Routing
+(block means, gate, top-k) is in useful and executed alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from attnbench.flops import (
+    SOFTMAX_FLOPS_PER_SCORE,
+    all_pairs_flops,
+    block_routing_flops,
+    mask_flops,
+    with_routing,
+)
 from attnbench.impls.moba import SPEC, moba_mask, moba_select
-from attnbench.ops import flex_can_run, flex_runner
+from attnbench.inputs import make_qkv
+from attnbench.kernels.flex import (  # noqa: F401  (re-exported for the methods that reuse them)
+    FlexPlan,
+    block_mask_from_dense,
+    permute_tokens,
+    register_flex,
+)
+from attnbench.ops import flex_can_run  # noqa: F401
 from attnbench.registry import register_backend
-from attnbench.spec import AttentionSpec, Backend, Params, Workload
+from attnbench.spec import Backend, FlopCount, Params, Workload
 
 _NEG = -1e30  # finite "minus infinity" for LSE merging (keeps gradients NaN-free)
-
-
-
-def block_mask_from_dense(mask: torch.Tensor, mask_mod: Callable[..., Any], block: int = 128) -> Any:
-    """FlexAttention `BlockMask` of a dense boolean mask `[B|1, H|1, Nq, Nk]`.
-
-    Tiles with every entry allowed are "full" (no mask_mod call); tiles with some are "partial".
-    `mask_mod` must express the same mask: eager flex on CPU evaluates it everywhere and ignores
-    the tile lists when it is missing.
-    """
-    from torch.nn.attention.flex_attention import BlockMask
-
-    nq, nk = mask.shape[-2:]
-    padded = torch.nn.functional.pad(mask.to(torch.uint8), (0, (-nk) % block, 0, (-nq) % block))
-    tiles = padded.unflatten(-1, (-1, block)).unflatten(-3, (-1, block))  # [B, H, tq, bq, tk, bk]
-    any_, all_ = tiles.amax(dim=(-3, -1)).bool(), tiles.amin(dim=(-3, -1)).bool()
-    partial = any_ & ~all_
-
-    def lists(flag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        order = torch.argsort(flag.to(torch.int8), dim=-1, descending=True, stable=True)
-        return flag.sum(-1).to(torch.int32), order.to(torch.int32)
-
-    kv_num, kv_idx = lists(partial)
-    full_num, full_idx = lists(all_)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
-                                    mask_mod=mask_mod, seq_lengths=(nq, nk))
-
-
-@dataclass(frozen=True)
-class FlexPlan:
-    """What a staged flex backend computed in setup.
-
-    `perm` `[H|1, N]`: token order to attend in; `pre`: applied to (q, k, v) after permuting.
-    """
-
-    block_mask: Any
-    score_mod: Callable[..., Any] | None = None
-    perm: torch.Tensor | None = None
-    pre: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
-
-
-def permute_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """`x[b, h, perm[h, i]]` for `x [B, H, N, D]`, `perm [H|1, N]`."""
-    idx = perm[None, :, :, None].expand(x.shape[0], x.shape[1], -1, x.shape[3])
-    return x.gather(2, idx)
-
-
-def register_flex(spec: AttentionSpec, plan: Callable[..., FlexPlan],
-                  can_run: Callable[[Workload, Params], str | None] = flex_can_run) -> None:
-    """Register staged `flex` and `flex_compiled` backends of `spec` from a setup function.
-
-    `plan(q, k, v, causal=..., **params) -> FlexPlan` does routing and mask build (setup time);
-    the steady-state call permutes (if asked), runs flex_attention and permutes back.
-    """
-    for backend, compiled in ((Backend.FLEX, False), (Backend.FLEX_COMPILED, True)):
-        def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                    _compiled: bool = compiled, **params: Any) -> Callable[..., torch.Tensor]:
-            with torch.no_grad():
-                p = plan(q, k, v, causal=causal, **params)
-            attend = flex_runner(_compiled)
-            gqa = q.shape[1] != k.shape[1]
-            inv = torch.argsort(p.perm, dim=-1) if p.perm is not None else None
-
-            def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                if p.perm is not None:
-                    q, k, v = (permute_tokens(t, p.perm) for t in (q, k, v))
-                if p.pre is not None:
-                    q, k, v = p.pre(q, k, v)
-                o = attend(q, k, v, score_mod=p.score_mod, block_mask=p.block_mask, enable_gqa=gqa)
-                return permute_tokens(o, inv) if inv is not None else o
-
-            if _compiled:
-                with torch.no_grad():
-                    run(q.detach(), k.detach(), v.detach())  # compile now: setup, not steady state
-            return run
-
-        register_backend(spec, backend, can_run=can_run, staged=True)(prepare)
 
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
@@ -185,24 +127,71 @@ def gathered_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return (num[:, :n] / den[:, :n, None]).reshape(b, h, n, d).to(q.dtype)
 
 
+def gathered_pairs(sel: torch.Tensor, block: int, *, causal_self: bool) -> float:
+    """Score entries `gathered_block_attention` computes for `sel [B, H, N, n_blocks]`.
+
+    Per KV block, every (batch, head) is padded to the largest number of queries any of them
+    routed there; with `causal_self`, each own block is computed in full (block², then masked).
+    """
+    bh, n, nblk = sel.shape[0] * sel.shape[1], sel.shape[2], sel.shape[3]
+    per_block = sel.reshape(bh, n, nblk).sum(1).amax(0)  # [n_blocks]
+    lengths = torch.tensor([min(block, n - i * block) for i in range(nblk)], dtype=torch.float64)
+    total = float((per_block.double() * lengths).sum()) * bh
+    return total + (bh * nblk * block * block if causal_self else 0.0)
+
+
+def _history(q: torch.Tensor, k: torch.Tensor, block_size: int, topk: int) -> torch.Tensor:
+    sel = moba_select(q, k, block_size=block_size, topk=topk)
+    own = torch.arange(q.shape[2], device=q.device) // block_size
+    return sel & (torch.arange(sel.shape[-1], device=q.device)[None, :] != own[:, None])
+
+
 def _moba_two_branch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, block_size: int,
                      topk: int, attend: Attend) -> torch.Tensor:
     if not causal:
         raise ValueError("moba is causal only")
-    sel = moba_select(q, k, block_size=block_size, topk=topk)
-    own = torch.arange(q.shape[2], device=q.device) // block_size
-    history = sel & (torch.arange(sel.shape[-1], device=q.device)[None, :] != own[:, None])
+    history = _history(q, k, block_size, topk)
     return gathered_block_attention(q, k, v, history, block_size, causal_self=True, attend=attend)
 
 
-@register_backend(SPEC, Backend.NATIVE)
+def _seeded(w: Workload) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return make_qkv(w.replace(dtype="float32"), seed=0, device="cpu")
+
+
+def gathered_flops(w: Workload, params: Params) -> FlopCount:
+    """Native / SDPA two-branch MoBA: gathered entries (see module docstring) + routing."""
+    q, k, _ = _seeded(w)
+    pairs = gathered_pairs(_history(q, k, params["block_size"], params["topk"]), params["block_size"],
+                           causal_self=True)
+    routing = block_routing_flops(w, params["block_size"])
+    return FlopCount(useful=SPEC.flops(w, params).useful, executed=4.0 * pairs * w.head_dim + routing,
+                     softmax=SOFTMAX_FLOPS_PER_SCORE * pairs)
+
+
+def _mask(w: Workload, params: Params) -> torch.Tensor:
+    q, k, _ = _seeded(w)
+    return moba_mask(moba_select(q, k, block_size=params["block_size"], topk=params["topk"]), params["block_size"])
+
+
+def eager_flex_flops(w: Workload, params: Params) -> FlopCount:
+    fc = SPEC.flops(w, params)
+    return all_pairs_flops(w, fc.useful - block_routing_flops(w, params["block_size"]),
+                           block_routing_flops(w, params["block_size"]))
+
+
+def compiled_flex_flops(w: Workload, params: Params) -> FlopCount:
+    routing = block_routing_flops(w, params["block_size"])
+    return with_routing(mask_flops(w, _mask(w, params)), routing)
+
+
+@register_backend(SPEC, Backend.NATIVE, flops=gathered_flops)
 def moba_native(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
                 block_size: int = 512, topk: int = 3) -> torch.Tensor:
     """Two-branch MoBA (self block causal + selected history blocks) in torch ops, merged by LSE."""
     return _moba_two_branch(q, k, v, causal=causal, block_size=block_size, topk=topk, attend=attend_math)
 
 
-@register_backend(SPEC, Backend.SDPA, can_run=sdpa_lse_can_run)
+@register_backend(SPEC, Backend.SDPA, can_run=sdpa_lse_can_run, flops=gathered_flops)
 def moba_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
               block_size: int = 512, topk: int = 3) -> torch.Tensor:
     """Two-branch MoBA with each branch in the fused CPU SDPA kernel (forward only), merged by LSE."""
@@ -213,8 +202,8 @@ def _moba_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: boo
                block_size: int = 512, topk: int = 3) -> FlexPlan:
     if not causal:
         raise ValueError("moba is causal only")
-    mask = moba_mask(moba_select(q, k, block_size=block_size, topk=topk), block_size)
-    return FlexPlan(block_mask_from_dense(mask, mask_mod=lambda b, h, qi, ki: mask[b, h, qi, ki]))
+    return FlexPlan(moba_mask(moba_select(q, k, block_size=block_size, topk=topk), block_size))
 
 
-register_flex(SPEC, _moba_plan)
+register_flex(SPEC, _moba_plan, dynamic=True,
+              flops={Backend.FLEX: eager_flex_flops, Backend.FLEX_COMPILED: compiled_flex_flops})

@@ -16,6 +16,7 @@ import torch
 from attnbench.impls.gna import SPEC as GNA_SPEC
 from attnbench.impls.neighborhood import SPEC as NA_SPEC
 from attnbench.impls.neighborhood import NAConfig, na_config, workload_config
+from attnbench.kernels.neighborhood import multi_dim_flops_of  # executed FLOPs: NATTENSim tiles (GPU)
 from attnbench.registry import register_backend
 from attnbench.spec import Backend, Params, Workload
 
@@ -56,7 +57,7 @@ def natten_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NAC
     return o.reshape(b, n, h, d).transpose(1, 2)
 
 
-@register_backend(NA_SPEC, Backend.NATTEN, can_run=natten_can_run)
+@register_backend(NA_SPEC, Backend.NATTEN, can_run=natten_can_run, flops=multi_dim_flops_of(NA_SPEC))
 def neighborhood_natten(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                         kernel_size: int | Sequence[int] = 7, dilation: int | Sequence[int] = 1,
                         is_causal: bool | Sequence[bool] = False, dims: int = 1,
@@ -66,7 +67,7 @@ def neighborhood_natten(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
     return natten_attention(q, k, v, cfg)
 
 
-@register_backend(GNA_SPEC, Backend.NATTEN, can_run=natten_can_run)
+@register_backend(GNA_SPEC, Backend.NATTEN, can_run=natten_can_run, flops=multi_dim_flops_of(GNA_SPEC))
 def gna_natten(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                kernel_size: int | Sequence[int] = 16, stride: int | Sequence[int] = 16,
                dilation: int | Sequence[int] = 1, is_causal: bool | Sequence[bool] = False,

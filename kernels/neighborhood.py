@@ -4,10 +4,17 @@ Queries are grouped into tiles (tile-major order on the grid); each tile gathers
 its queries' windows (the "halo", from the index table) once, then runs one dense GEMM →
 masked softmax → GEMM, chunked over tiles so memory stays O(chunk·tile·halo). GNA (stride > 1)
 uses the same kernel.
+
+Executed FLOPs: the haloed form computes, per (batch, query head), N × (widest halo) scores
+(every tile is padded to the widest); `multi_dim_tiles` is NATTENSim over NATTEN-style
+multi-dimensional tiles (token-permuted, `TILE_TOKENS` per tile), the count of the natten peer on
+GPU and the `sim_speedup` every 2-D/3-D NA/GNA row reports.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,17 +22,22 @@ from typing import Any
 
 import torch
 
+from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, all_pairs_flops, core_flops, register_tile_sim
 from attnbench.impls.neighborhood import (
     SPEC,
     NAConfig,
     axis_masks,
+    chunked_tile_stats,
     index_table,
     na_config,
     na_mask_rows,
     tile_permutation,
+    workload_config,
 )
 from attnbench.registry import register_backend
-from attnbench.spec import Backend
+from attnbench.spec import AttentionSpec, Backend, FlopCount, Params, Workload
+
+TILE_TOKENS = 128  # tokens per Q and KV tile of the multi-dimensional tiling
 
 CHUNK_BYTES = 32 * 2**20  # gathered K (and V) per chunk
 
@@ -104,7 +116,71 @@ def staged_tiled(cfg: NAConfig, device: torch.device) -> Callable[..., torch.Ten
     return lambda q, k, v: tiled_attention(q, k, v, plan)
 
 
-@register_backend(SPEC, Backend.NATIVE, staged=True)
+@functools.lru_cache(maxsize=32)
+def halo_width(cfg: NAConfig) -> int:
+    """Widest haloed KV tile of the native plan (every tile is padded to it)."""
+    return int(tiled_plan(cfg).kv_idx.shape[1])
+
+
+def haloed_flops_of(spec: AttentionSpec) -> Callable[[Workload, Params], FlopCount]:
+    def flops(w: Workload, params: Params) -> FlopCount:
+        cfg = workload_config(w, params)
+        pairs = cfg.n * halo_width(cfg)
+        return FlopCount(useful=spec.flops(w, params).useful, executed=core_flops(w, pairs),
+                         softmax=SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * pairs)
+    return flops
+
+
+def tile_shapes(shape: tuple[int, ...], tokens: int = TILE_TOKENS) -> list[tuple[int, ...]]:
+    """Tile shapes of `tokens` tokens, powers of two per axis, each dividing its axis."""
+    pows = [[2**e for e in range(int(math.log2(tokens)) + 1) if n % 2**e == 0] for n in shape]
+    return [t for t in itertools.product(*pows) if math.prod(t) == tokens]
+
+
+@functools.lru_cache(maxsize=32)
+def multi_dim_tiles(cfg: NAConfig, tokens: int = TILE_TOKENS) -> dict[str, float] | None:
+    """NATTENSim: the best multi-dimensional tiling (Q and KV tiles of the same shape, tokens
+    permuted tile-major): visited tiles, total tiles, the tile shape. None when no shape fits."""
+    if cfg.n < tokens:
+        return None
+    masks = axis_masks(cfg)
+    best: dict[str, float] | None = None
+    for tile in tile_shapes(cfg.shape, tokens):
+        perm = tile_permutation(cfg.shape, tile)
+        st = chunked_tile_stats(lambda r, perm=perm: na_mask_rows(cfg, perm[r], masks)[:, perm], cfg.n,
+                                (tokens, tokens))
+        if best is None or st["tiles_visited"] < best["tiles_visited"]:
+            best = {**st, "tile": tile}
+    return best
+
+
+def multi_dim_flops_of(spec: AttentionSpec) -> Callable[[Workload, Params], FlopCount | None]:
+    def flops(w: Workload, params: Params) -> FlopCount:
+        useful = spec.flops(w, params).useful
+        if w.device == "cpu":  # natten on CPU: eager flex, no token permute, every score
+            return all_pairs_flops(w, useful)
+        sim = multi_dim_tiles(workload_config(w, params))
+        if sim is None:
+            return FlopCount(useful=useful, executed=None)
+        pairs = sim["tiles_visited"] * TILE_TOKENS**2
+        return FlopCount(useful=useful, executed=core_flops(w, pairs),
+                         softmax=SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * pairs)
+    return flops
+
+
+def na_sim_speedup(w: Workload, params: Params) -> float | None:
+    """NATTENSim's bound over dense at the best multi-dimensional tiling (2-D/3-D grids only)."""
+    cfg = workload_config(w, params)
+    if len(cfg.shape) < 2:
+        return None
+    sim = multi_dim_tiles(cfg)
+    return None if sim is None else sim["tiles_total"] / max(sim["tiles_visited"], 1.0)
+
+
+register_tile_sim(SPEC, na_sim_speedup)
+
+
+@register_backend(SPEC, Backend.NATIVE, staged=True, flops=haloed_flops_of(SPEC))
 def neighborhood_gather(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                         kernel_size: int | Sequence[int] = 7, dilation: int | Sequence[int] = 1,
                         is_causal: bool | Sequence[bool] = False, dims: int = 1,

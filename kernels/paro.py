@@ -1,4 +1,5 @@
-"""PARO fused backends. Calibration (permutation choice + static block mask) is setup in both.
+"""PARO fused backends. The frozen calibrated plan (permutation + static block mask, from the
+`calib_seed` calibration batch, input-independent) is setup in both.
 
 - `flex` / `flex_compiled` (staged): per-head permutation, then FlexAttention with a BlockMask
   built straight from the block mask (`BLOCK_SIZE = block`, every kept tile full), then the
@@ -7,6 +8,9 @@
 - `native` (staged): the fake-quant path. Per block row it gathers only the kept KV blocks and
   quantises Q, K, P, V per block exactly as the reference does. Not measured: real INT8/INT4 mma
   (no low-bit kernel here), so its latency is that of fp32 math plus quantise-dequantise.
+
+Executed FLOPs: native computes, per (batch, head), every block row against the widest kept
+row (nb · width · block²); eager flex every score; compiled flex the kept blocks (= useful).
 """
 
 from __future__ import annotations
@@ -15,37 +19,59 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from attnbench.impls.paro import SPEC, fake_quant, paro_plan, permute_heads, token_mask
-from attnbench.impls.vmoba import as_grid
-from attnbench.kernels.moba import FlexPlan, block_mask_from_dense, flex_can_run, register_flex
+from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, all_pairs_flops, core_flops, mask_flops
+from attnbench.impls.paro import SPEC, fake_quant, frozen_plan, permute_heads, token_mask
+from attnbench.kernels.flex import FlexPlan, register_flex
+from attnbench.ops import flex_can_run
 from attnbench.registry import register_backend
-from attnbench.spec import Backend, Params, Workload
+from attnbench.spec import Backend, FlopCount, Params, Workload
 
 _ROWS_PER_CHUNK = 16  # block rows attended at once by the native path (bounds the gathered K/V)
 
 
-def _plan(q: torch.Tensor, k: torch.Tensor, *, causal: bool, spatial: Sequence[int] | None, block: int,
-          density: float, coverage: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _plan(q: torch.Tensor, *, causal: bool, spatial: Sequence[int] | None, block: int, density: float,
+          coverage: float, calib_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if causal:
         raise ValueError("paro is non-causal")
-    return paro_plan(q, k, grid=as_grid(q.shape[2], spatial), block=block, density=density, coverage=coverage)
+    return frozen_plan(q, block=block, density=density, coverage=coverage, calib_seed=calib_seed, spatial=spatial)
 
 
 def _flex_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                density: float = 0.25, block: int = 64, qk_bits: int = 0, pv_bits: int = 0,
-               coverage: float = 0.9, spatial: Sequence[int] | None = None) -> FlexPlan:
+               coverage: float = 0.9, calib_seed: int = 1234, spatial: Sequence[int] | None = None) -> FlexPlan:
     if pv_bits:
         raise ValueError("flex cannot quantise P; use the native backend for pv_bits > 0")
-    perm, mblk = _plan(q, k, causal=causal, spatial=spatial, block=block, density=density, coverage=coverage)
+    perm, mblk = _plan(q, causal=causal, spatial=spatial, block=block, density=density, coverage=coverage,
+                       calib_seed=calib_seed)
 
     def pre(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         return fake_quant(q, qk_bits, block), fake_quant(k, qk_bits, block), v
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        return mblk[h, q_idx // block, kv_idx // block]
+    return FlexPlan(token_mask(mblk, block)[None], block=block, perm=perm, pre=pre if qk_bits else None)
 
-    return FlexPlan(block_mask_from_dense(token_mask(mblk, block)[None], mask_mod, block=block), perm=perm,
-                    pre=pre if qk_bits else None)
+
+def _seeded_plan(w: Workload, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    q = torch.empty(w.batch, w.heads_q, w.seq_q, w.head_dim)  # only the shape is read
+    return _plan(q, causal=w.causal, spatial=w.spatial, block=params["block"], density=params["density"],
+                 coverage=params["coverage"], calib_seed=params["calib_seed"])
+
+
+def native_flops(w: Workload, params: Params) -> FlopCount:
+    _, mblk = _seeded_plan(w, params)
+    nb, block = mblk.shape[-1], params["block"]
+    pairs = nb * int(mblk.sum(-1).max()) * block * block
+    return FlopCount(useful=SPEC.flops(w, params).useful, executed=core_flops(w, pairs),
+                     softmax=SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * pairs)
+
+
+def compiled_flex_flops(w: Workload, params: Params) -> FlopCount:
+    _, mblk = _seeded_plan(w, params)
+    fc = mask_flops(w, token_mask(mblk, params["block"])[None], block=(params["block"],) * 2)
+    return FlopCount(useful=SPEC.flops(w, params).useful, executed=fc.executed, softmax=fc.softmax)
+
+
+def eager_flex_flops(w: Workload, params: Params) -> FlopCount:
+    return all_pairs_flops(w, SPEC.flops(w, params).useful)
 
 
 def _flex_can_run(w: Workload, params: Params) -> str | None:
@@ -54,7 +80,8 @@ def _flex_can_run(w: Workload, params: Params) -> str | None:
     return flex_can_run(w, params)
 
 
-register_flex(SPEC, _flex_plan, can_run=_flex_can_run)
+register_flex(SPEC, _flex_plan, dynamic=False, can_run=_flex_can_run,
+              flops={Backend.FLEX: eager_flex_flops, Backend.FLEX_COMPILED: compiled_flex_flops})
 
 
 def block_gathered_attention(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, mblk: torch.Tensor, *,
@@ -90,11 +117,13 @@ def block_gathered_attention(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tenso
 
 def paro_native(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                 density: float = 0.25, block: int = 64, qk_bits: int = 0, pv_bits: int = 0,
-                coverage: float = 0.9, spatial: Sequence[int] | None = None) -> Callable[..., torch.Tensor]:
-    """Staged: calibrate once, then permute → gathered fake-quant block attention → un-permute."""
+                coverage: float = 0.9, calib_seed: int = 1234, spatial: Sequence[int] | None = None
+                ) -> Callable[..., torch.Tensor]:
+    """Staged: the frozen calibrated plan (setup), then permute → gathered fake-quant block attention
+    → un-permute."""
     with torch.no_grad():
-        perm, mblk = _plan(q, k, causal=causal, spatial=spatial, block=block, density=density,
-                           coverage=coverage)
+        perm, mblk = _plan(q, causal=causal, spatial=spatial, block=block, density=density, coverage=coverage,
+                           calib_seed=calib_seed)
     inv = torch.argsort(perm, dim=-1)
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -105,4 +134,4 @@ def paro_native(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bo
     return run
 
 
-register_backend(SPEC, Backend.NATIVE, staged=True)(paro_native)
+register_backend(SPEC, Backend.NATIVE, staged=True, flops=native_flops)(paro_native)

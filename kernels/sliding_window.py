@@ -4,6 +4,9 @@ SDPA still computes every score (the mask only hides them). The native form cuts
 into query blocks and attends each block only to the key span its rows can see, O(N·(L + w)·D)
 in plain torch ops, backward included (FlexAttention has none on CPU). FlexAttention, which skips
 the tiles outside the band, comes from the generic flex backends through the spec's `mask_mod`.
+
+Executed FLOPs (`Impl.flops`): SDPA with a mask computes all Nq·Nk scores; the banded form
+computes C·L·S per (batch, head): C blocks of L queries (the last one padded) × S keys.
 """
 
 from __future__ import annotations
@@ -13,12 +16,31 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from attnbench.flops import SOFTMAX_FLOPS_PER_SCORE, all_pairs_flops, core_flops
 from attnbench.impls.sliding_window import SPEC, window_allows, window_mask
 from attnbench.registry import register_backend
-from attnbench.spec import Backend
+from attnbench.spec import Backend, FlopCount, Params, Workload
 
 
-@register_backend(SPEC, Backend.SDPA, staged=True)
+def sdpa_flops(w: Workload, params: Params) -> FlopCount:
+    return all_pairs_flops(w, SPEC.flops(w, params).useful)
+
+
+def banded_shape(nq: int, window: int, causal: bool) -> tuple[int, int, int]:
+    """(C, L, S) of the banded form: query blocks, queries per block, keys per block span."""
+    before, after = (window - 1, 0) if causal else (window // 2, window // 2)
+    L = min(NATIVE_BLOCK, nq)
+    return -(-nq // L), L, L + before + after
+
+
+def banded_flops(w: Workload, params: Params) -> FlopCount:
+    blocks, rows, span = banded_shape(w.seq_q, params["window"], w.causal)
+    pairs = blocks * rows * span
+    return FlopCount(useful=SPEC.flops(w, params).useful, executed=core_flops(w, pairs),
+                     softmax=SOFTMAX_FLOPS_PER_SCORE * w.batch * w.heads_q * pairs)
+
+
+@register_backend(SPEC, Backend.SDPA, staged=True, flops=sdpa_flops)
 def sliding_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                         window: int = 32) -> Callable[..., torch.Tensor]:
     """Build the `[Nq, Nk]` window mask once (setup); return `(q, k, v) -> o` running SDPA with it."""
@@ -33,7 +55,7 @@ def sliding_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
 NATIVE_BLOCK = 64  # queries per block of the banded form
 
 
-@register_backend(SPEC, Backend.NATIVE, staged=True)
+@register_backend(SPEC, Backend.NATIVE, staged=True, flops=banded_flops)
 def sliding_window_banded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                           window: int = 32) -> Callable[..., torch.Tensor]:
     """Banded attention: each block of L queries against the L + span − 1 keys it can reach.
@@ -44,9 +66,8 @@ def sliding_window_banded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     """
     nq, nk = q.shape[-2], k.shape[-2]
     off = nk - nq  # query i sits at key position i + off (bottom-right alignment)
-    before, after = (window - 1, 0) if causal else (window // 2, window // 2)
-    L = min(NATIVE_BLOCK, nq)
-    C, S = -(-nq // L), L + before + after
+    before = window - 1 if causal else window // 2
+    C, L, S = banded_shape(nq, window, causal)
     left = before + max(0, -off)  # pad so every span starts at index >= 0
     first = max(off, 0)
     start = torch.arange(C, device=q.device) * L + first  # span start in padded key coords

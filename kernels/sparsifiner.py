@@ -1,7 +1,8 @@
 """Sparsifiner fused step: gathered sparse attention that computes only the kept (query, key) pairs.
 
 Per chunk of rows it gathers the K selected keys and values (`[B, H, rows, K, D]`), so the work
-is O(N·K·D) and the memory O(rows·K·D); the CLS rows attend densely.
+is O(N·K·D) and the memory O(rows·K·D); the CLS rows attend densely. Its executed FLOPs are
+the spec's count (kept pairs, the predictor with its dense Â, projections): `Impl.flops`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from attnbench.spec import Backend
 _ROWS_PER_CHUNK = 512
 
 
-@register_backend(SPEC, Backend.NATIVE)
+@register_backend(SPEC, Backend.NATIVE, flops=SPEC.flops)
 def gathered_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
                               n_dense: int) -> torch.Tensor:
     """Step: rows `n_dense:` attend to their `idx [B, H, N - n_dense, K]` keys only; fp32 softmax.

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.metrics import DENSE_BASELINE
+from attnbench.reports.density import GREY, dense_cases
 from attnbench.reports.meaning import catalog
 
 SHAPE = ["batch", "heads", "head_dim", "dtype", "causal", "mode", "seq_len"]
@@ -294,6 +295,7 @@ def pivot_table(
     cols += [("shape", "workload"), ("params", "method parameters")]
     cols += [(metric_label(m), m) for m in metrics] + [("status", "worst status of the case")]
     table = Table(table_id, cols, caption=caption)
+    dense = dense_cases(rows)  # sparse methods that attended (nearly) every pair: greyed, reason in the tip
     rows = rows.assign(_rid=row_identity(rows))
     order = rows.sort_values(["method", "backend", "seq_len", "params"], na_position="last")["_rid"].unique()
     groups = {k: g for k, g in rows.groupby("_rid", sort=False)}
@@ -320,8 +322,14 @@ def pivot_table(
             if len(bad)
             else Cell("ok", "ok", "st st-ok")
         )
+        if (why := dense.get(str(first["case_id"]))) is not None:
+            cells = [_greyed(c, why) for c in cells]
         table.rows.append((str(first["family"]), cells))
     return table
+
+
+def _greyed(c: Cell, why: str) -> Cell:
+    return Cell(c.text, c.sort, f"{c.cls} {GREY}".strip(), f"{c.title} — {why}" if c.title else why, c.href)
 
 
 def _failed_or_empty(g: pd.DataFrame) -> Cell:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from attnbench.metrics import DENSE_BASELINE, MetricSpec
 from attnbench.reports import data as D
+from attnbench.reports.density import GREY, pair_note
 from attnbench.reports.meaning import Catalog, catalog
 
 
@@ -172,7 +173,7 @@ def leaderboard(res: Results, dev: str, method_href: Mapping[str, str] | None = 
         head = _head(method, backend, fam, href)
         cells = list(head)
         cells += [D.pick_cell(rows, pair, metric) for rows, metric in metric_cols]
-        cells += [D.pick_cell(dd[dd["suite"] == s], pair, m, agg="mean") for s, m in proxies]
+        cells += [_proxy_cell(dd[dd["suite"] == s], pair, m) for s, m in proxies]
         cells += [
             correctness_cell(dd[(dd["suite"] == s) & (dd["pair"] == pair)], cat.role_metric(s, "error")) for s in checks
         ]
@@ -183,6 +184,16 @@ def leaderboard(res: Results, dev: str, method_href: Mapping[str, str] | None = 
         if len(lat) and (lat["pair"] == pair).any():
             agg.rows.append((fam, [*head, *_aggregate_cells(lat, pair, wrong, wins, cat)]))
     return Leaderboard(dev, board, agg, shapes, timing, columns, proxies)
+
+
+def _proxy_cell(rows: pd.DataFrame, pair: str, metric: str) -> D.Cell:
+    """A proxy's mean over the pair's cases; greyed when the sparse method was dense in every case."""
+    cell = D.pick_cell(rows, pair, metric, agg="mean")
+    grey, note = pair_note(rows, pair)
+    if not note:
+        return cell
+    title = f"{cell.title} — {note}" if cell.title else note
+    return D.Cell(cell.text, cell.sort, f"{cell.cls} {GREY}".strip() if grey else cell.cls, title, cell.href)
 
 
 def _aggregate_cells(

@@ -147,6 +147,30 @@ def capability_table(md: pd.DataFrame, dev: str) -> D.Table:
     return t
 
 
+# Papers the spec cards discuss that are deliberately not registered as methods: (name, paper title, year,
+# arXiv id, why not, where it is written up). Shown at the end of the method index so the gap is visible.
+NOT_REGISTERED: tuple[tuple[str, str, int, str, str, str], ...] = (
+    ("moon", "MOON: Generative MLLM-based Multimodal Representation Learning for E-commerce Product "
+     "Understanding", 2025, "2508.11999",
+     "not an attention mechanism of its own: its guided mixture-of-experts routes tokens to experts the "
+     "way MoH routes heads (measured as moh); the rest is data, detection and contrastive training",
+     "docs/moon.md"),
+)
+
+
+def not_registered_rows(listed: Mapping[str, str]) -> list[tuple[str, list[D.Cell]]]:
+    """Method-index rows for NOT_REGISTERED (except names `listed` already): the paper and the reason."""
+    return [("not registered", [
+        D.Cell(name, name, "name", title=f"written up in {doc}"),
+        D.Cell(title),
+        D.Cell("not registered", "not registered"),
+        D.Cell(f"{title} ({year})", href=_safe_url(f"https://arxiv.org/abs/{arxiv}")),
+        D.Cell(f"none: {why}", title=why),
+        D.Cell("not measured"),
+        D.Cell("0", 0.0, "num"),
+    ]) for name, title, year, arxiv, why, doc in NOT_REGISTERED if name not in listed]
+
+
 def methods_table(res: Results, method_href: Mapping[str, str]) -> D.Table:
     """Every method (registered here or measured elsewhere): title, family, paper, backends, devices."""
     t = D.Table(
@@ -178,4 +202,5 @@ def methods_table(res: Results, method_href: Mapping[str, str]) -> D.Table:
                 ],
             )
         )
+    t.rows.extend(not_registered_rows(method_href))
     return t

@@ -25,6 +25,7 @@ from attnbench.metrics import DENSE_BASELINE
 from attnbench.reports import data as D
 from attnbench.reports import exports
 from attnbench.reports import methods as M
+from attnbench.reports.density import density_plots
 from attnbench.reports.devices import cross_device
 from attnbench.reports.figures import SuiteFigures
 from attnbench.reports.history import has_history, method_history
@@ -193,6 +194,7 @@ class SiteBuilder:
                     sec.plots.append(p)
             if lb.timing_suite and cat.time_metric:
                 sec.plots += self.fig.pareto_plots(dd, dev, lb.timing_suite, cat.time_metric, lb.timing_shape)
+            sec.plots += density_plots(self.plots, dd, dev)  # accuracy vs effective density per proxy
             out.append(sec)
         return out
 

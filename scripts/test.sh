@@ -8,6 +8,6 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0   # CPU wheel before anything asks for torch
-pip install -q -e '.[test,lm,ray]'   # lm: transformers + lm-eval (real models); ray: the Ray executor
+pip install -q -e '.[test,lm,ray,triton]'   # lm: transformers + lm-eval; ray: the Ray executor; triton: kernels (interpreter on CPU)
 pip install -q --no-build-isolation natten || echo "natten did not install: its peer tests will skip"
 python -m pytest -q -p no:cacheprovider "$@"

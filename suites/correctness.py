@@ -4,6 +4,8 @@ The reference runs in float64 (the oracle). A backend passes when its error is w
 method's tolerance for the dtype, or within twice what the reference itself loses when run in
 that dtype (precision-relative, as attention-gym does). Gradients are compared wherever the
 backend supports backward. NaN/Inf where the oracle has none fails the case (`wrong`).
+Methods that register diagnostics (`execute.register_diagnostics`) add what their mechanism did on
+the evaluated input, e.g. PARO's `mask_recall` and `incoherence` for its frozen calibrated mask.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import torch
 
+from attnbench.execute import diagnostics
 from attnbench.inputs import make_qkv, make_x
 from attnbench.kernelsuite import KernelSuite
 from attnbench.layers import build_layer
@@ -75,6 +78,8 @@ class Correctness(KernelSuite):
         info("max_rel_err", label="max rel err"),
         info("ref_lowp_err", label="reference low-precision err"),
         info("grad_max_abs_err", label="grad max abs err"),
+        info("mask_recall", "ratio", label="mask recall"),
+        info("incoherence", "ratio", label="block incoherence"),
     )
     include_reference = False
 
@@ -116,6 +121,9 @@ class Correctness(KernelSuite):
                          Row("ref_lowp_err", lowp_err)]
         if len(pairs) > 1:
             rows.append(Row("grad_max_abs_err", worst_grad))
+        declared = {m.name for m in self.metrics}
+        rows += [Row(name, value, "ratio") for name, value in
+                 diagnostics(entry, w, params, seed=case.seed).items() if name in declared]
         status = Status.WRONG if failures else Status.OK
         return [Row(r.metric, r.value, r.unit, status=status, error="; ".join(failures)) for r in rows] or \
             [Row("max_abs_err", None, status=Status.WRONG, error="; ".join(failures))]

@@ -21,7 +21,11 @@ prefix `icl_garg` instead of `icl`, as their errors are divided by d):
     icl_kq_diag_ratio, icl_ov_y_fraction, icl_ov_y_sum_ratio   learned KQ/OV patterns (optional,
         1-layer generic layers): mean |diag|/|off-diag| of the x-block of each head's KQ
         (embedding folded in), share of each head's OV read-out on the y entry, and |Σ_h OV_y|/Σ_h|OV_y|
+    effective_density   fraction of causal pairs a sparse method attended on the training-k eval prompts
     steps, wall_s, truncated, train_loss
+
+Sparse methods run on the density ladder (`densities`, resolved at the training prompt length;
+smoke: 0.25 and the paper default where it is sparse; quick/full 1/8, 1/4, 1/2 and the default).
 """
 
 from __future__ import annotations
@@ -32,10 +36,21 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from attnbench import density
 from attnbench.layers import AttentionLayer
 from attnbench.metrics import info, lower
 from attnbench.proxy import data as proxydata
-from attnbench.proxy.suite import ProxySettings, ProxySuite, expand_variants, model_config, options, why_not_at
+from attnbench.proxy.suite import (
+    EFFECTIVE_DENSITY,
+    LADDER,
+    ProxySettings,
+    ProxySuite,
+    density_row,
+    expand_variants,
+    model_config,
+    options,
+    why_not_at,
+)
 from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, predict, seed_all, train
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.settings import settings
@@ -85,8 +100,9 @@ GARG: dict[str, Any] = dict(
     eval_ks=[5, 10, 20, 30, 40], curriculum={"dims": [5, 20, 1, 2_000], "points": [11, 41, 2, 2_000]})
 TIERS: dict[str, ICLSettings] = {
     "smoke": SMOKE,
-    "quick": dataclasses.replace(SMOKE, batch_size=256, steps=8_000, wall_cap_s=900.0),
-    "full": dataclasses.replace(SMOKE, seeds=(0, 1, 2), batch_size=256, steps=500_000, lr=1e-3, wall_cap_s=36_000.0,
+    "quick": dataclasses.replace(SMOKE, densities=LADDER, batch_size=256, steps=8_000, wall_cap_s=900.0),
+    "full": dataclasses.replace(SMOKE, densities=LADDER, seeds=(0, 1, 2), batch_size=256, steps=500_000, lr=1e-3,
+                                wall_cap_s=36_000.0,
                                 eval_ks=(5, 10, 20, 40, 60, 80, 120),
                                 variants=({"n_heads": 1}, {"n_heads": 2}, {}, {"n_heads": 8}, GARG)),
 }
@@ -153,6 +169,7 @@ class ICLRegression(ProxySuite):
         info("icl_kq_diag_ratio", "ratio"),
         info("icl_ov_y_fraction", "ratio"),
         info("icl_ov_y_sum_ratio", "ratio"),
+        EFFECTIVE_DENSITY,
     )
     causal = True
     Settings = ICLSettings
@@ -209,7 +226,11 @@ class ICLRegression(ProxySuite):
                 continue  # e.g. a neighbourhood kernel longer than the prompt: no point on the curve
             p = proxydata.regression(np.random.default_rng([EVAL_SEED, k, d]), n_eval, d, k, nv, bv)
             held = proxydata.regression(np.random.default_rng([EVAL_SEED + 1, k, d]), n_eval, d, k, nv, bv)
-            preds = {"model": _query_prediction(o, model, p, chunk),
+            with density.measure() as meter:
+                model_pred = _query_prediction(o, model, p, chunk)
+            if k == k_train:
+                rows += density_row(meter)
+            preds = {"model": model_pred,
                      **proxydata.icl_baselines(p, nv, bv, proxydata.fit_gd1_step(held))}
             for name, pred in preds.items():
                 err = float(np.mean((pred - p.yq) ** 2)) * scale

@@ -1,10 +1,13 @@
 """Latency suite: steady-state time per call (fwd, bwd, fwd_bwd), setup time apart, derived rates.
 
-Rows: latency_ms (median, p20/p80, every sample), setup_ms (compile / mask build / routing),
-tflops and pct_peak from the analytic useful FLOPs, speedup_vs_dense against `metrics.DENSE_BASELINE`
-(mha/sdpa) on the same shape timed in alternation with the case (layer methods: against the mha layer, projections
-included), speedup_bound (dense FLOPs / executed FLOPs) and
-realisation (speedup / bound).
+Rows: latency_ms (median, p20/p80, every sample); setup_ms (input-independent preparation only:
+compilation, static masks, calibration — routing that depends on the input runs inside the timed
+call); tflops and pct_peak from the analytic useful FLOPs (routing included); speedup_vs_dense
+against `metrics.DENSE_BASELINE` (mha/sdpa) on the same shape timed in alternation with the case
+(layer methods: against the mha layer, projections included); speedup_bound = dense FLOPs /
+executed FLOPs of the backend that ran (`flops.backend_flops`: its own tiles, heads, routing) and
+realisation = speedup / bound, both only for backends that model their execution; sim_speedup
+(NATTENSim's multi-dimensional tile bound, 2-D/3-D NA/GNA).
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from typing import Any
 
 from attnbench.device import capture, peak_tflops
 from attnbench.execute import dense_baseline, prepare_call, prepare_case
-from attnbench.flops import dense_flops, projection_flops
+from attnbench.flops import backend_flops, dense_flops, projection_flops, sim_speedup, speedup_bound
 from attnbench.kernelsuite import KernelSettings, KernelSuite, timing_options
 from attnbench.metrics import HIGHER, MetricSpec, info, lower
-from attnbench.registry import register_suite
-from attnbench.spec import AttentionSpec, FlopCount, Params, Workload
+from attnbench.registry import MethodEntry, register_suite
+from attnbench.spec import Backend, FlopCount, Params, Workload
 from attnbench.suite import ResolvedCase, Row
 from attnbench.timing import bench, bench_interleaved
 
@@ -25,8 +28,16 @@ from attnbench.timing import bench, bench_interleaved
 MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
 
 
-def method_flops(spec: AttentionSpec, w: Workload, params: Params) -> FlopCount:
-    return spec.flops(w, params) if spec.flops else dense_flops(w)
+def method_flops(entry: MethodEntry, backend: Backend, w: Workload, params: Params) -> FlopCount:
+    """The backend's FLOPs (useful from the spec; executed None without a model of its own)."""
+    fc = backend_flops(entry.spec, entry.impl(backend), w, params)
+    return fc if fc is not None else FlopCount(useful=dense_flops(w).useful)
+
+
+def dense_total(entry: MethodEntry, dense_w: Workload) -> float:
+    """Dense FLOPs of the baseline the speedup divides by (the mha layer for layer methods)."""
+    total = dense_flops(dense_w).useful
+    return total + projection_flops(dense_w) if entry.spec.kind == "layer" else total
 
 
 @register_suite
@@ -42,6 +53,7 @@ class Latency(KernelSuite):
                    role="speedup", same_run_ratio=True),
         info("speedup_bound", "x", label="speedup bound"),
         MetricSpec("realisation", "ratio", HIGHER, timed=True, label="realisation", same_run_ratio=True),
+        info("sim_speedup", "x", label="tile-sim bound"),
     )
 
     def options(self, s: KernelSettings, section: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +71,7 @@ class Latency(KernelSuite):
             t, base = bench_interleaved([call.call, dense.call], device=w.device, **rc.options)
         rows = [Row("latency_ms", t.median, "ms", "median", t.n, t.p20, t.p80, t.samples_ms),
                 Row("setup_ms", call.setup_ms, "ms")]
-        flops = method_flops(entry.spec, w, params)
+        flops = method_flops(entry, rc.backend, w, params)
         factor = MODE_FLOP_FACTOR[w.mode]
         tflops = flops.useful * factor / (t.median * 1e-3) / 1e12
         rows.append(Row("tflops", tflops, "TFLOP/s", "median"))
@@ -68,10 +80,10 @@ class Latency(KernelSuite):
             rows.append(Row("pct_peak", 100.0 * tflops / peak, "%", "median"))
         speedup = base.median / t.median
         rows.append(Row("speedup_vs_dense", speedup, "x", "median"))
-        if flops.executed:
-            dense_flops_total = dense_flops(dense_w).useful
-            if entry.spec.kind == "layer":
-                dense_flops_total += projection_flops(dense_w)
-            bound = dense_flops_total / flops.executed
+        bound = speedup_bound(dense_total(entry, dense_w), flops.executed)
+        if bound:
             rows += [Row("speedup_bound", bound, "x"), Row("realisation", speedup / bound, "ratio")]
+        sim = sim_speedup(entry.spec, w, params)
+        if sim:
+            rows.append(Row("sim_speedup", sim, "x"))
         return rows

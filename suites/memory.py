@@ -1,7 +1,8 @@
 """Memory suite: measured peak above the inputs, plus analytic score-matrix and KV-cache bytes.
 
 CUDA: `max_memory_allocated` above the baseline. CPU: the kernel's resettable peak RSS in a
-worker process (see attnbench.memory). Setup (compile, mask build) happens before the peak reset.
+worker process (see attnbench.memory). Setup (compile, static masks, calibration) happens before the
+peak reset; input-dependent routing (MoBA/VMoBA/DMA masks) runs inside the measured call.
 """
 
 from __future__ import annotations

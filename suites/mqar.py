@@ -10,7 +10,12 @@ Rows (the case's seq_len is L, head_dim·heads the model width):
     mqar_acc_k<K>       the same model's accuracy on the K-pair slice of the test set
     mqar_acc_lr<lr>     accuracy per learning rate (only when the sweep has > 1 LR)
     steps_to_target     first eval step at which accuracy ≥ target (absent if never reached)
+    effective_density   fraction of causal (q, k) pairs a sparse method attended in the chosen run's
+                        final evaluation (absent for dense methods)
     steps, wall_s (all LRs), truncated (any LR hit the wall cap), train_loss
+
+Sparse methods run on the density ladder (`densities`, `attnbench.proxy.suite.density_ladder`):
+smoke 0.25 plus the paper default where it is sparse at L; quick/full 1/8, 1/4, 1/2 and the default.
 """
 
 from __future__ import annotations
@@ -21,9 +26,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from attnbench import density
 from attnbench.metrics import higher
 from attnbench.proxy import data as proxydata
-from attnbench.proxy.suite import ProxySettings, ProxySuite, model_config, options
+from attnbench.proxy.suite import (
+    EFFECTIVE_DENSITY,
+    LADDER,
+    ProxySettings,
+    ProxySuite,
+    density_row,
+    model_config,
+    options,
+)
 from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, seed_all, token_hits, token_loss, train
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.settings import settings
@@ -57,6 +71,7 @@ class MQARSettings(ProxySettings):
     wall_cap_s: float = 300.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.seq_len) != len(self.kv_pairs):
             raise ValueError(f"seq_len ({len(self.seq_len)} entries) and kv_pairs ({len(self.kv_pairs)}) "
                              "must pair up")
@@ -65,10 +80,10 @@ class MQARSettings(ProxySettings):
 SMOKE = MQARSettings()
 TIERS: dict[str, MQARSettings] = {
     "smoke": SMOKE,
-    "quick": dataclasses.replace(SMOKE, seq_len=(64, 128), kv_pairs=((4, 8), (8,)), vocab=512, steps=3_000,
-                                 wall_cap_s=900.0),
+    "quick": dataclasses.replace(SMOKE, densities=LADDER, seq_len=(64, 128), kv_pairs=((4, 8), (8,)), vocab=512,
+                                 steps=3_000, wall_cap_s=900.0),
     # Zoology Fig. 2: V=8192, (L, K) grid, d sweep, LR sweep (max over LRs), 3 seeds, 64 epochs
-    "full": dataclasses.replace(SMOKE, seeds=(0, 1, 2), vocab=8192, seq_len=(64, 128, 256, 512),
+    "full": dataclasses.replace(SMOKE, densities=LADDER, seeds=(0, 1, 2), vocab=8192, seq_len=(64, 128, 256, 512),
                                 kv_pairs=((4,), (8,), (16,), (64,)), n_train=100_000, n_test=3_000,
                                 d_model=(64, 128, 256, 512), lrs=(1e-4, 4.64e-4, 2.15e-3, 1e-2), batch_size=256,
                                 warmup=1_000, schedule_steps=25_000, steps=25_000, eval_every=390,
@@ -86,6 +101,7 @@ class MQAR(ProxySuite[MQARSettings]):
     metrics = (
         higher("mqar_acc", label="MQAR accuracy", headline=True),
         higher("mqar_acc_*"),  # per K slice (k<K>) and per learning rate (lr<lr>)
+        EFFECTIVE_DENSITY,
     )
     causal = True
     Settings = MQARSettings
@@ -144,14 +160,16 @@ class MQAR(ProxySuite[MQARSettings]):
                              schedule_steps=o["schedule_steps"], eval_every=o["eval_every"],
                              target=o["target"], wall_cap_s=o["wall_cap_s"])
             res = train(model, batch_fn, token_loss, tc, lambda m: float(accuracy(m).mean()))
-            pe = accuracy(model)
-            runs.append((float(pe.mean()), lr, res, pe))
-        acc, _, best, per_example = max(runs, key=lambda r: r[0])
+            with density.measure() as meter:
+                pe = accuracy(model)
+            runs.append((float(pe.mean()), lr, res, pe, meter))
+        acc, _, best, per_example, meter = max(runs, key=lambda r: r[0])
         rows = [Row("mqar_acc", acc, "fraction", "max" if len(runs) > 1 else "value", len(per_example))]
+        rows += density_row(meter)
         rows += [Row(f"mqar_acc_k{k}", float(per_example[k_te == k].mean()), "fraction",
                      n=int((k_te == k).sum())) for k in ks]
         if len(runs) > 1:
-            rows += [Row(f"mqar_acc_lr{lr:g}", a, "fraction") for a, lr, _, _ in runs]
+            rows += [Row(f"mqar_acc_lr{lr:g}", a, "fraction") for a, lr, *_ in runs]
         reached = [s for s, v in best.evals if v >= o["target"]]
         if reached:
             rows.append(Row("steps_to_target", reached[0], "steps"))

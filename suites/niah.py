@@ -12,7 +12,8 @@ options.
 
 RULER's keyed variants (`needles` > 1 distractor keys, `values` per key, `queries` keys asked,
 see `proxydata.niah_keyed`) train and score the same way; their metrics are prefixed
-`niah_k<needles>v<values>q<queries>` instead of `niah`. The full tier runs the single needle and
+`niah_k<needles>v<values>q<queries>` instead of `niah`. Sparse methods run on the density ladder
+(`densities`, resolved at max_len; smoke: 0.25 and the paper default). The full tier runs the single needle and
 multi-key, multi-value and multi-query variants (`variants`: one case per entry).
 
 Rows (the case's seq_len is max_len):
@@ -20,6 +21,7 @@ Rows (the case's seq_len is max_len):
     niah_acc_in_range   mean exact match over cells with L ≤ max_len (headline)
     niah_acc_extrap     mean exact match over cells with L > max_len (absent for learned positions)
     niah_digit_acc_in_range   per-digit accuracy over in-range cells (secondary)
+    effective_density   fraction of causal pairs a sparse method attended over the in-range cells
     steps, wall_s, truncated, train_loss
 """
 
@@ -31,9 +33,20 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from attnbench import density
 from attnbench.metrics import higher
 from attnbench.proxy import data as proxydata
-from attnbench.proxy.suite import ProxySettings, ProxySuite, expand_variants, model_config, options, why_not_at
+from attnbench.proxy.suite import (
+    EFFECTIVE_DENSITY,
+    LADDER,
+    ProxySettings,
+    ProxySuite,
+    density_row,
+    expand_variants,
+    model_config,
+    options,
+    why_not_at,
+)
 from attnbench.proxy.train import (
     ProxyModel,
     TrainConfig,
@@ -89,9 +102,9 @@ SMOKE = NIAHSettings()
 RULER_VARIANTS = ({}, {"needles": 4}, {"values": 2}, {"needles": 4, "queries": 2})
 TIERS: dict[str, NIAHSettings] = {
     "smoke": SMOKE,
-    "quick": dataclasses.replace(SMOKE, eval_lens=(64, 128, 256, 512), wall_cap_s=900.0),
-    "full": dataclasses.replace(SMOKE, seeds=(0, 1, 2), min_len=64, max_len=1024, d_model=256, n_layers=4,
-                                n_heads=4, lr=1e-3, warmup=1_000, schedule_steps=20_000, steps=20_000,
+    "quick": dataclasses.replace(SMOKE, densities=LADDER, eval_lens=(64, 128, 256, 512), wall_cap_s=900.0),
+    "full": dataclasses.replace(SMOKE, densities=LADDER, seeds=(0, 1, 2), min_len=64, max_len=1024, d_model=256,
+                                n_layers=4, n_heads=4, lr=1e-3, warmup=1_000, schedule_steps=20_000, steps=20_000,
                                 loss_target=0.001, wall_cap_s=7_200.0, eval_lens=(256, 512, 1024, 2048, 4096, 8192),
                                 eval_depths=tuple(i / 10 for i in range(11)), eval_samples=200,
                                 variants=RULER_VARIANTS),
@@ -112,6 +125,7 @@ class NIAH(ProxySuite[NIAHSettings]):
         higher("niah_k4v1q2_acc_in_range", label="NIAH multi-query", headline=True),
         higher("niah_acc_extrap", label="NIAH extrapolation"),
         higher("niah*_acc_*"),  # per depth, digit accuracy, keyed variants (niah_k<n>v<v>q<q>_...)
+        EFFECTIVE_DENSITY,
     )
     causal = True
     Settings = NIAHSettings
@@ -156,13 +170,17 @@ class NIAH(ProxySuite[NIAHSettings]):
         res = train(model, batch_fn, token_loss, tc)
         rows: list[Row] = []
         inside, outside, digit_hits = [], [], []
+        meter = density.DensityMeter()  # over the in-range cells, the headline's
         for i, length in enumerate(o["eval_lens"]):
             if (learned and length > o["max_len"]) or why_not_at(rc, length):
                 continue
             for j, depth in enumerate(o["eval_depths"]):
                 cell_rng = np.random.default_rng([EVAL_SEED, i, j, length])
                 x, y = make(cell_rng, o["eval_samples"], length, depth)
-                hits, total = token_hits(model, x, y, batch)
+                with density.measure() as cell:
+                    hits, total = token_hits(model, x, y, batch)
+                if length <= o["max_len"]:
+                    meter.attended, meter.allowed = meter.attended + cell.attended, meter.allowed + cell.allowed
                 exact = float((hits == total).mean())
                 rows.append(Row(f"{prefix}_acc_depth{depth:g}", exact, "fraction", n=len(x),
                                 extra={"seq_len": length, "seq_kv": length}))
@@ -172,6 +190,7 @@ class NIAH(ProxySuite[NIAHSettings]):
         rows.append(Row(f"{prefix}_acc_in_range", float(np.mean(inside)), "fraction", "mean", len(inside)))
         rows.append(Row(f"{prefix}_digit_acc_in_range", float(np.mean(digit_hits)), "fraction", "mean",
                         len(inside)))
+        rows += density_row(meter)
         if outside:
             rows.append(Row(f"{prefix}_acc_extrap", float(np.mean(outside)), "fraction", "mean", len(outside)))
         return rows + res.rows()

@@ -32,7 +32,8 @@ PROBE = textwrap.dedent("""
     load_plugins()
     for pkg in ("attnbench.impls", "attnbench.kernels", "attnbench.suites"):
         for mod in pkgutil.walk_packages(importlib.import_module(pkg).__path__, pkg + "."):
-            importlib.import_module(mod.name)
+            if not mod.name.rsplit(".", 1)[-1].startswith("_tl_"):  # Triton kernel sources: loaded lazily, need triton
+                importlib.import_module(mod.name)
     preset = load_preset("quick")
     cases = Runner(preset, __import__("pathlib").Path(sys.argv[2])).plan()
     from attnbench.proxy import data

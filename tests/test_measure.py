@@ -78,3 +78,18 @@ def test_capture_cpu() -> None:
     assert info.device_kind == "cpu" and info.num_threads == torch.get_num_threads()
     with pytest.raises(ValueError, match="unknown device"):
         device.resolve("tpu")
+
+
+def test_block_mask_flops_counts_the_tiles_of_the_mask() -> None:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    w = Workload(batch=2, heads_q=3, seq_q=384, seq_kv=384, head_dim=8, causal=True)
+    bm = create_block_mask(lambda b, h, q, k: (q - k >= 0) & (q - k < 100), None, None, 384, 384, device="cpu")
+    mask = (torch.arange(384)[:, None] - torch.arange(384)[None, :]).clamp(min=-1).lt(100) & \
+        (torch.arange(384)[:, None] >= torch.arange(384)[None, :])
+    brute = flops.mask_flops(w, mask)
+    fc = flops.block_mask_flops(w, bm, brute.useful, routing=10.0)
+    assert fc.executed == brute.executed + 10.0 and fc.useful == brute.useful + 10.0
+    assert flops.speedup_bound(100.0, None) is None and flops.speedup_bound(100.0, 25.0) == 4.0
+    eager = flops.all_pairs_flops(w, brute.useful)
+    assert eager.executed == 4 * 2 * 3 * 384 * 384 * 8 > fc.executed

@@ -717,3 +717,51 @@ def test_cross_device_plots_one_metric_per_axis(site: tuple[Path, list[Path]]) -
     devices = (index.parent / "devices.html").read_text()
     assert "% of peak (%) by device" in devices and "speedup vs dense (×) by device" in devices
     assert "% of peak / speedup" not in devices
+
+
+def _density_rows() -> list[dict[str, Any]]:
+    """MQAR cases: mha (dense, no density row), moba on a ladder (0.30) and dense at its length (0.98),
+    sliding_window at 0.25, and dma only ever dense (its leaderboard cell is greyed)."""
+    base = dict(run_id="r", created_at=datetime(2025, 1, 1, tzinfo=UTC), device_name="CPU box", device_kind="cpu",
+                suite="mqar", backend="reference", seq_len=64)
+    cases = [("mha", "dense", None, 0.99), ("moba", "sparse-dynamic", 0.30, 0.60),
+             ("moba", "sparse-dynamic", 0.98, 0.97), ("sliding_window", "sparse-local", 0.25, 0.40),
+             ("dma", "sparse-dynamic", 0.99, 0.98)]
+    out = []
+    for i, (method, family, dens, acc) in enumerate(cases):
+        m = dict(base, method=method, family=family, case_id=f"mqar-{i}", params=json.dumps({"i": i}))
+        out.append(_row(**m, metric="mqar_acc", value=acc, unit="fraction"))
+        if dens is not None:
+            out.append(_row(**m, metric="effective_density", value=dens, unit="ratio"))
+    return out
+
+
+def test_density_curves_and_dense_rows_are_greyed(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from attnbench.reports.density import curves, dense_cases
+
+    df = D.prepare(pd.DataFrame(_density_rows()), {})
+    lines = curves(df, "mqar", "mqar_acc")
+    assert lines["moba/reference"] == [(0.30, 0.60), (0.98, 0.97)]
+    assert lines["sliding_window/reference"] == [(0.25, 0.40)]
+    assert lines["mha (dense ceiling)"] == [(0.25, 0.99), (1.0, 0.99)]  # flat across the densities seen
+    assert dense_cases(df) == {"mqar-2": "dense at this length: effective density 0.98",
+                               "mqar-4": "dense at this length: effective density 0.99"}
+
+    results.write_part(tmp_path / "res", _density_rows(), run_id="r")
+    index = build_site([tmp_path / "res"], tmp_path / "site")
+    html = index.read_text()
+    assert "MQAR accuracy vs the density each sparse method really attended" in html  # figure on the board
+    svg = next(s for s in (index.parent / "plots").glob("*.svg") if "vs effective density" in s.read_text())
+    text = svg.read_text()
+    assert "moba/reference" in text and "sliding_window/reference" in text and "dma/reference" in text
+    suite = (index.parent / "suite-mqar.html").read_text()
+    grey = re.findall(r'<td class="[^"]*\bdense\b[^"]*"[^>]*title="([^"]*)"', suite)
+    assert grey and all("dense at this length: effective density 0.9" in t for t in grey)
+    assert sum("effective density 0.98" in t for t in grey) >= 3  # the whole moba 0.98 row
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", suite, re.S)
+    assert not any("dense at this length" in r for r in rows if "0.3" in r and "moba" in r)
+    board = re.findall(r'<td class="([^"]*)"[^>]*title="([^"]*dense at this length[^"]*)"', html)
+    assert board and all("dense" in cls.split() for cls, _ in board)  # dma: every case dense
+    assert not any("effective density 0.98" in t for _, t in board)  # moba's mean mixes sparse and dense cases

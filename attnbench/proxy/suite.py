@@ -6,17 +6,23 @@ import dataclasses
 import inspect
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from attnbench.metrics import MetricSpec
+from attnbench import density
+from attnbench.metrics import MetricSpec, info
 from attnbench.presets import Preset
 from attnbench.proxy.train import ModelConfig
 from attnbench.registry import MethodEntry, Registry
 from attnbench.settings import as_dict, resolve, settings
 from attnbench.spec import Backend, Workload, params_json
-from attnbench.suite import Case, ResolvedCase
+from attnbench.suite import Case, ResolvedCase, Row
 
-SELECTION = ("methods", "backends", "exclude", "params", "seeds", "variants")  # never part of a case's options
+SELECTION = ("methods", "backends", "exclude", "params", "seeds", "variants", "densities")  # never in options
+PAPER = "paper"  # a ladder point: the method's own (paper) defaults, kept only where they are sparse
+DENSE_AT = 0.95  # a sparse method attending at least this fraction of the pairs is dense at that length
+LADDER = (0.125, 0.25, 0.5, PAPER)  # the quick/full tiers' ladder (smoke: 0.25 and the paper default)
+# what the sparse references attended during a proxy's final evaluation (attnbench.density.measure)
+EFFECTIVE_DENSITY = info("effective_density", "ratio", label="effective density")
 
 
 @settings
@@ -24,13 +30,23 @@ class ProxySettings:
     """The selection keys every proxy section takes; suites subclass it with their own fields.
 
     `methods`/`exclude` are read by `Preset.selects` (None = the preset's top-level selection),
-    `params` holds per-method overrides (`params.<method>`), `seeds` one case each."""
+    `params` holds per-method overrides (`params.<method>`), `seeds` one case each.
+    `densities` is the density ladder: every method whose spec has `at_density` gets one case per
+    point, its params resolved at the task's length to attend that fraction of the allowed
+    (causal) pairs; `"paper"` is the method's own defaults, kept only where they are sparse at that
+    length (< DENSE_AT); `()` turns the ladder off (one case at the defaults)."""
 
     methods: tuple[str, ...] | None = None
     backends: tuple[Backend, ...] = (Backend.REFERENCE,)
     exclude: tuple[str, ...] = ()
     params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
+    densities: tuple[float | Literal["paper"], ...] = (0.25, PAPER)
+
+    def __post_init__(self) -> None:
+        bad = [d for d in self.densities if d != PAPER and not 0.0 < float(d) <= 1.0]
+        if bad:
+            raise ValueError(f"densities must lie in (0, 1] or be {PAPER!r}, got {bad}")
 
 
 S = TypeVar("S", bound=ProxySettings)
@@ -86,6 +102,64 @@ def fit_heads(entry: MethodEntry, backend: Backend, w: Workload, params: Mapping
     return w, opts
 
 
+def _short(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "defaults"
+
+
+def density_ladder(entry: MethodEntry, w: Workload, overrides: Mapping[str, Any],
+                   densities: Iterable[float | str]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """[(param overrides, options)] of one method on one task: a point per ladder density.
+
+    Generic over methods: `spec.at_density(shaped w, target, params)` resolves each target; a
+    `"paper"` point keeps the defaults and is left out where they attend ≥ DENSE_AT of the pairs at
+    this length (measured by `density.probe` on a seeded random input), the reason in
+    `density_note`. Preset overrides (`params.<method>`) win: ladder keys they set collapse the ladder
+    to one case with those params. Methods without `at_density` get `[(overrides, {})]`."""
+    spec, densities = entry.spec, list(densities)
+    if spec.at_density is None or not densities:
+        return [(dict(overrides), {})]
+    base = spec.params(overrides)
+    shaped = spec.shape(w, base)
+    points: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    notes: list[str] = []
+    for target in densities:
+        if target == PAPER:
+            try:
+                d = density.probe(entry, w, base)
+            except Exception as exc:  # noqa: BLE001 — the runner records why the defaults cannot run
+                points.append((dict(overrides), {"target_density": PAPER, "paper_density_note": str(exc)}))
+                continue
+            if d is not None and d >= DENSE_AT:
+                notes.append(f"paper default ({_short(spec.defaults)}) attends {d:.2f} of the pairs at "
+                             f"L={w.seq_q}: dense at this length, left out of the ladder")
+                continue
+            points.append((dict(overrides), {"target_density": PAPER, "paper_density": d}))
+            continue
+        try:
+            resolved = spec.at_density(shaped, float(target), base)
+        except ValueError as exc:  # no setting of this method fits the task (e.g. a grid too small)
+            notes.append(f"target {target:g}: {exc}")
+            continue
+        if set(resolved) & set(overrides):
+            return [(dict(overrides), {"target_density": None,
+                                       "density_note": f"{_short(overrides)} set explicitly: no density ladder"})]
+        merged = {**resolved, **overrides}
+        if any(p == merged for p, _ in points):
+            notes.append(f"target {target:g} resolves to the same params as an earlier point at L={w.seq_q}")
+            continue
+        points.append((merged, {"target_density": float(target)}))
+    if not points:  # every point left out: run the defaults anyway, so the (greyed) row says why
+        points = [(dict(overrides), {"target_density": PAPER})]
+    if notes:
+        points = [(p, {**o, "density_note": "; ".join(notes)}) for p, o in points]
+    return points
+
+
+def density_row(meter: density.DensityMeter) -> list[Row]:
+    """`effective_density` of what the meter saw (none for a method that records nothing: dense)."""
+    return [] if meter.value is None else [Row("effective_density", meter.value, "ratio", n=int(meter.allowed))]
+
+
 def why_not_at(rc: ResolvedCase, seq_len: int) -> str | None:
     """Why the case's method cannot run sequences of `seq_len` tokens (e.g. a kernel longer than a
     short eval prompt), or None; evaluation skips such lengths instead of failing."""
@@ -105,7 +179,10 @@ class ProxySuite(Generic[S]):
 
     Subclasses set `name`, `version`, `metrics`, `Settings` (a `@settings` subclass of ProxySettings),
     `tiers` ({"smoke"|"quick"|"full": Settings}), `causal`, and implement
-    `tasks(settings, entry, device)` → [(Workload, options)] and `run(rc)`.
+    `tasks(settings, entry, device)` → [(Workload, options)] and `run(rc)`. `cases` expands each
+    task of a method with `at_density` over the density ladder (`density_ladder`); `run` should
+    wrap its final evaluation in `attnbench.density.measure()` and add `density_row(meter)`
+    (declared by `EFFECTIVE_DENSITY`).
     """
 
     name = ""
@@ -152,12 +229,14 @@ class ProxySuite(Generic[S]):
                 if backend not in entry.impls or not preset.selects(entry.name, backend, self.name):
                     continue
                 overrides = method_params(s.params, entry)
-                params = params_json(overrides)
-                for w, opts in self.tasks(s, entry, device):
-                    w, opts = fit_heads(entry, backend, w, entry.spec.params(overrides), opts)
-                    for seed in s.seeds:
-                        out.append(Case(self.name, entry.name, backend, w, params, int(seed), preset.name,
-                                        self.version, json.dumps(opts, sort_keys=True)))
+                ladder = () if self.applies_to(entry, backend) else s.densities  # no ladder for a skipped case
+                for w0, opts0 in self.tasks(s, entry, device):
+                    for point, extra in density_ladder(entry, w0, overrides, ladder):
+                        w, opts = fit_heads(entry, backend, w0, entry.spec.params(point), {**opts0, **extra})
+                        params = params_json(point)
+                        for seed in s.seeds:
+                            out.append(Case(self.name, entry.name, backend, w, params, int(seed), preset.name,
+                                            self.version, json.dumps(opts, sort_keys=True)))
         return out
 
     def backends(self, preset: Preset, s: S) -> list[Backend]:

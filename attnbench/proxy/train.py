@@ -2,7 +2,9 @@
 
 Model: token or vector embedding [+ learned positions] → N pre-LN blocks
 `[LN → attention → residual]` (+ `[LN → MLP 4× GELU → residual]`) → LN → head. Only the attention
-changes: any registered method/backend through `attnbench.layers.build_layer`. Budgets are in
+changes: any registered method/backend through `attnbench.layers.build_layer`, one per layer of
+the model plan (`layer_plan`: `ModelConfig.layers`, else the method's `spec.layout`, else
+`n_layers` copies), so hybrids (e.g. SpectFormer, Deconstructing-Attention hybrids) train as such. Budgets are in
 steps; early stopping on an eval metric or an EMA loss; a wall-clock cap stops training and marks
 the result `truncated` (never a silent pass). Same seed on the same machine → same numbers as long
 as the cap is not hit, so the suites' caps are safety nets (smoke: 300 s, about 5× the nominal
@@ -11,6 +13,7 @@ step budget, since shared 2-core machines run 3–10× slower) and the step budg
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +25,8 @@ import torch
 from torch import nn
 
 from attnbench.layers import accepts_rope, build_layer
-from attnbench.registry import MethodEntry
+from attnbench.registry import METHODS, MethodEntry
+from attnbench.spec import Backend
 from attnbench.suite import Row
 
 POS_SCHEMES = ("learned", "rope", "none")
@@ -48,8 +52,14 @@ class ModelConfig:
     pos: str = "learned"  # learned | rope | none
     max_len: int = 512  # learned positions only
     spatial: tuple[int, ...] | None = None  # token grid handed to 2-D methods
+    layers: tuple[str, ...] | None = None  # per-layer methods (sets n_layers); None: layout or copies
 
     def __post_init__(self) -> None:
+        if self.layers is not None:
+            if not self.layers:
+                raise ValueError("layers: a model plan needs at least one layer")
+            object.__setattr__(self, "layers", tuple(self.layers))
+            object.__setattr__(self, "n_layers", len(self.layers))
         if self.pos not in POS_SCHEMES:
             raise ValueError(f"unknown positional scheme {self.pos!r}; valid: {', '.join(POS_SCHEMES)}")
         if (self.vocab is None) == (self.in_dim is None):
@@ -62,12 +72,38 @@ def effective_pos(entry: MethodEntry, pos: str) -> tuple[str, str]:
     RoPE goes into the q/k heads (`attnbench.rope.rotary`), so layer methods that own their
     projections and take no `rope` flag get no positions instead; methods of the `positional`
     family carry their own position signal and get none added.
+    A hybrid (a spec with a `layout`) keeps RoPE when some layer of its plan takes it; the others
+    run without. A positional-family layer that takes a `rope` flag (MDHA: a local conv, not a
+    position code) asks for the model's positions and gets the same scheme as MHA.
     """
+    layout = entry.spec.layout
+    if layout is not None and pos == "rope":
+        plan = layout(4, entry.spec.params())
+        if any(accepts_rope(METHODS.get(m)) for m in plan):
+            return pos, "" if all(accepts_rope(METHODS.get(m)) for m in plan) else \
+                "hybrid: RoPE in the layers that take it, none in the others"
     if pos == "rope" and not accepts_rope(entry):
         return "none", "this layer method owns its q/k projections and takes no RoPE hook"
-    if pos != "none" and entry.spec.family == "positional":
+    if pos != "none" and entry.spec.family == "positional" and not _takes_rope_flag(entry):
         return "none", "positional-family methods carry their own position signal"
     return pos, ""
+
+
+def _takes_rope_flag(entry: MethodEntry) -> bool:
+    return entry.spec.kind == "layer" and "rope" in inspect.signature(entry.reference.fn).parameters
+
+
+def layer_plan(cfg: ModelConfig) -> tuple[str, ...]:
+    """Method name of every layer: `cfg.layers`, else the method's `spec.layout`, else copies."""
+    if cfg.layers is not None:
+        return cfg.layers
+    spec = METHODS.get(cfg.method).spec
+    if spec.layout is None:
+        return (cfg.method,) * cfg.n_layers
+    plan = tuple(spec.layout(cfg.n_layers, spec.params(cfg.params)))
+    if len(plan) != cfg.n_layers:
+        raise ValueError(f"{cfg.method}: layout gave {len(plan)} layers for n_layers={cfg.n_layers}")
+    return plan
 
 
 class Block(nn.Module):
@@ -79,13 +115,21 @@ class Block(nn.Module):
                                  nn.Linear(d_model, 4 * d_model), nn.GELU(),
                                  nn.Linear(4 * d_model, d_model)) if mlp else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """`emb`: the model's input embeddings, handed to layers with `wants_embeddings = True`
+        (e.g. StaticEmbQK takes its Q/K from them)."""
+        h = self.ln1(x)
+        x = x + (self.attn(h, emb=emb) if getattr(self.attn, "wants_embeddings", False) else self.attn(h))
         return x + self.mlp(x) if self.mlp is not None else x
 
 
 class ProxyModel(nn.Module):
-    """The shared skeleton. `make_attn(layer_index)` overrides the registry (tests only)."""
+    """The shared skeleton. `make_attn(layer_index)` overrides the registry (tests only).
+
+    Layer i is built from `layer_plan(cfg)[i]`: the case's method with its params and backend;
+    any other method of the plan (e.g. `mha` in a hybrid) with its defaults, the case's backend
+    where it has it (else reference), RoPE where it takes it. A layer with `set_layer_index(i)`
+    is told its depth (e.g. per-layer noise seeds)."""
 
     def __init__(self, cfg: ModelConfig, make_attn: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
@@ -93,16 +137,29 @@ class ProxyModel(nn.Module):
         d = cfg.d_model
         self.embed = nn.Embedding(cfg.vocab, d) if cfg.vocab is not None else nn.Linear(cfg.in_dim, d)
         self.pos = nn.Parameter(torch.randn(cfg.max_len, d) * 0.02) if cfg.pos == "learned" else None
+        self.plan = layer_plan(cfg) if make_attn is None else (cfg.method,) * cfg.n_layers
         self.blocks = nn.ModuleList(
-            Block(make_attn(i) if make_attn else self._attention(), d, cfg.mlp, cfg.norm)
+            Block(make_attn(i) if make_attn else self._attention(i), d, cfg.mlp, cfg.norm)
             for i in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d) if cfg.norm else nn.Identity()
         self.head = nn.Linear(d, cfg.out_dim)
 
-    def _attention(self) -> nn.Module:
-        c = self.cfg
-        return build_layer(c.method, c.backend, c.d_model, c.n_heads, kv_heads=c.kv_heads, causal=c.causal,
-                           params=c.params, spatial=c.spatial, rope=c.pos == "rope")
+    def _attention(self, i: int) -> nn.Module:
+        c, name = self.cfg, self.plan[i]
+        if name == c.method:
+            rope = c.pos == "rope" and (len(set(self.plan)) == 1 or accepts_rope(METHODS.get(name)))
+            layer = build_layer(name, c.backend, c.d_model, c.n_heads, kv_heads=c.kv_heads, causal=c.causal,
+                                params=c.params, spatial=c.spatial, rope=rope)
+        else:
+            entry = METHODS.get(name)
+            backend = Backend(c.backend) if Backend(c.backend) in entry.impls else Backend.REFERENCE
+            takes_grid = "spatial" in inspect.signature(entry.reference.fn).parameters
+            layer = build_layer(name, backend, c.d_model, c.n_heads, causal=c.causal,
+                                spatial=c.spatial if takes_grid else None,
+                                rope=c.pos == "rope" and accepts_rope(entry))
+        if hasattr(layer, "set_layer_index"):
+            layer.set_layer_index(i)
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x`: token ids `[B, N]` or vectors `[B, N, in_dim]` → `[B, N, out_dim]`."""
@@ -111,8 +168,9 @@ class ProxyModel(nn.Module):
             if h.shape[1] > self.pos.shape[0]:
                 raise ValueError(f"sequence of {h.shape[1]} exceeds learned positions ({self.pos.shape[0]})")
             h = h + self.pos[: h.shape[1]]
+        emb = h
         for blk in self.blocks:
-            h = blk(h)
+            h = blk(h, emb)
         return self.head(self.ln_f(h))
 
     def aux_loss(self) -> torch.Tensor | None:

@@ -4,8 +4,9 @@ Scores, each an `[L, H]` tensor over the model's generic attention layers (`Atte
 module order):
     head_importance_{loss,acc,conf}   pruning-based: the drop when the head's output is zeroed (gate ξ = 0)
     head_importance_taylor            first-order `|Σ ∂L/∂ξ|` (one backward)
-    vhd                               vision-aware head divergence at the last position (per-layer form:
-                                      the same layer with image keys masked, as in impls/vhr.py)
+    vhd                               vision-aware head divergence at the last position: `analyze` runs the
+                                      paper's second forward without the image (`apply.true_vhd`);
+                                      `vhd_scores` is the per-layer stand-in (image keys masked)
     sink_mass                         mean attention to token 0 (attention-sink detection)
     attn_entropy                      mean row entropy (nats)
     attn_distance                     mean grid distance E[r] among image (patch) tokens, in patches
@@ -137,16 +138,18 @@ def vhd_scores(caps: Sequence[Captured], img: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).float()
 
 
-def sink_tokens(hidden: torch.Tensor, dims: Sequence[int], tau: float = 20.0) -> torch.Tensor:
-    """VAR's sink tokens `[B, N]`: `max_{d∈dims} |x_d| / RMS(x) ≥ τ` on layer inputs `[B, N, C]`."""
-    rms = hidden.float().pow(2).mean(-1).sqrt().clamp_min(1e-12)
-    return hidden[..., list(dims)].float().abs().amax(-1) / rms >= tau
+def sink_tokens(hidden: torch.Tensor, dims: Sequence[int] | None, tau: float = 20.0) -> torch.Tensor:
+    """VAR's sink tokens `[B, N]`: `max_{d∈dims} |x_d| / RMS(x) ≥ τ` on layer inputs `[B, N, C]` (`impls/var`)."""
+    from attnbench.impls.var import detect_sinks
+
+    return detect_sinks(hidden, tau, None if dims is None else list(dims))
 
 
 def massive_dims(hidden: torch.Tensor, top: int = 2) -> list[int]:
     """Candidate sink dimensions: the `top` channels with the largest |activation| relative to RMS."""
-    rms = hidden.float().pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
-    return (hidden.float().abs() / rms).flatten(0, -2).amax(0).topk(top).indices.tolist()
+    from attnbench.impls.var import massive_dims as md
+
+    return md(hidden, top)
 
 
 # -- pruning-based importance ------------------------------------------------------------------------
@@ -233,7 +236,8 @@ def head_hunter(model: nn.Module, objective: Callable[[nn.Module], float], *, ro
 # -- rows and drawing -------------------------------------------------------------------------------
 UNITS = {"head_importance_loss": "nats", "head_importance_acc": "fraction", "head_importance_conf": "prob",
          "head_importance_taylor": "grad", "vhd": "l2", "sink_mass": "prob", "attn_entropy": "nats",
-         "attn_distance": "patches", "headhunter_score": "objective", "headhunter_rank": "rank"}
+         "attn_distance": "patches", "headhunter_score": "objective", "headhunter_rank": "rank",
+         "cls_mass": "prob", "self_mass": "prob", "pattern_cluster": "cluster", "vit_top1": "fraction"}
 
 
 def to_rows(scores: Mapping[str, torch.Tensor], method: str = "") -> list[dict[str, Any]]:
@@ -315,6 +319,7 @@ def analyze(model_or_path: nn.Module | str | Path | None = None, *, method: str 
     from attnbench.registry import SUITES, load_plugins
     from attnbench.suites import hallucination as hs
     from attnbench.suites.hallucination import scoring as hal
+    from attnbench.suites.hallucination.apply import true_vhd
 
     load_plugins()
     suite = SUITES.get("hallucination")
@@ -329,9 +334,9 @@ def analyze(model_or_path: nn.Module | str | Path | None = None, *, method: str 
     model.eval()
     cfg, voc = hs.scene_config(o), hs.Vocab(o["n_classes"])
     img_arr, objs = hal.scenes(data_rng(seed, 4), cfg, n_probe, min_objects=2)
-    qs = hal.pope_questions(data_rng(seed, 5), objs, voc.n, "adversarial")
+    qs = hal.pope_questions(data_rng(seed, 5), objs, voc.n, "adversarial", partner=cfg.partner)
     patches = hs.patchify(img_arr, o["patch"])[torch.tensor([q[0] for q in qs])]
-    text = torch.tensor([[voc.q, q[1]] for q in qs])
+    text = torch.tensor([[voc.bos, voc.q, q[1]] for q in qs])
     want = torch.tensor([voc.yes if q[2] == "yes" else voc.no for q in qs])
 
     def target(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -342,14 +347,11 @@ def analyze(model_or_path: nn.Module | str | Path | None = None, *, method: str 
         acc = (yn.argmax(-1) == truth).float().mean()
         return loss, acc, yn.gather(1, truth[:, None]).mean()
 
-    n_img = (o["image"] // o["patch"]) ** 2
     g = o["image"] // o["patch"]
     _, caps = capture(model, patches, text)
-    img = torch.zeros(n_img + 2, dtype=torch.bool)
-    img[:n_img] = True
     maps = [c.probs() for c in caps]
     scores = {f"head_importance_{k}": v for k, v in head_importance(model, (patches, text), target).items()}
-    scores["vhd"] = vhd_scores(caps, img)
+    scores["vhd"] = true_vhd(model, patches, text).mean(0).float()  # second forward without the image
     scores["sink_mass"] = torch.stack([sink_mass(p) for p in maps]).float()
     scores["attn_entropy"] = torch.stack([entropy(p) for p in maps]).float()
     scores["attn_distance"] = torch.stack([distance_profile(p, (g, g))[1] for p in maps]).float()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,15 +258,23 @@ SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "h-bar", "
 
 @dataclass(frozen=True)
 class SceneConfig:
-    """Scenes of coloured shapes: `grid`×`grid` cells, one object per cell, classes = shape × size band."""
+    """Scenes of coloured shapes: `grid`×`grid` cells, one object per cell, classes = shape × size band.
+
+    Language prior (stated, exact): classes `(2i, 2i+1)` for `i < n_pairs` are (anchor, partner) pairs.
+    A scene is `k` draws (k ∈ [min_objects, max_objects // 2]) without replacement from the drawable
+    classes (anchors and unpaired classes) with a Zipf prior `p ∝ rank^-prior`; each drawn anchor
+    brings its partner with probability `pair_prob`. So P(partner ∈ scene | anchor ∈ scene) =
+    `pair_prob` and a partner never appears without its anchor: a "yes" to an absent partner next
+    to its anchor is the prior-driven hallucination POPE-adversarial and CHAIR probe.
+    """
 
     image: int = 32
     grid: int = 2
     max_objects: int = 4
     n_classes: int = 10
-    prior: float = 0.8  # Zipf exponent: p(c) ∝ (c+1)^-prior
-    n_pairs: int = 5  # co-occurring pairs (2i, 2i+1)
-    pair_prob: float = 0.7
+    prior: float = 0.8  # Zipf exponent over the drawable classes
+    n_pairs: int = 5  # co-occurring (anchor, partner) pairs (2i, 2i+1)
+    pair_prob: float = 0.75  # P(partner | anchor)
     jitter: int = 2
 
     def __post_init__(self) -> None:
@@ -274,20 +282,40 @@ class SceneConfig:
             raise ValueError(f"at most {3 * len(SHAPES)} classes (10 shapes × 3 size bands)")
         if self.max_objects > self.grid ** 2 or self.max_objects > self.n_classes:
             raise ValueError("max_objects exceeds the grid cells or the classes")
+        if self.max_objects < 2:
+            raise ValueError("max_objects must be ≥ 2 (a draw may bring an anchor and its partner)")
+        if not 0 <= 2 * self.n_pairs <= self.n_classes or len(self.drawable) < self.max_objects // 2:
+            raise ValueError("n_pairs leaves too few drawable classes for max_objects // 2 draws")
+        if not 0.0 <= self.pair_prob <= 1.0:
+            raise ValueError("pair_prob must be in [0, 1]")
 
     def class_name(self, c: int) -> str:
         band = c // len(SHAPES)
         return SHAPES[c % len(SHAPES)] + ("", "-small", "-large")[band]
 
     @property
+    def drawable(self) -> list[int]:
+        """Classes a draw can pick: anchors (2i) and unpaired classes (partners only come with anchors)."""
+        return [c for c in range(self.n_classes) if not (c < 2 * self.n_pairs and c % 2)]
+
+    @property
     def class_prior(self) -> np.ndarray:
-        p = (np.arange(self.n_classes) + 1.0) ** -self.prior
+        """Draw probabilities `[n_classes]` (0 on partners): Zipf over the drawable classes by rank."""
+        p = np.zeros(self.n_classes)
+        d = self.drawable
+        p[d] = (np.arange(len(d)) + 1.0) ** -self.prior
         return p / p.sum()
 
     def partner(self, c: int) -> int | None:
+        """The other member of c's pair (anchor ↔ partner), or None."""
         if c < 2 * self.n_pairs:
             return c ^ 1
         return None
+
+    def draws(self, min_objects: int = 1) -> tuple[int, int]:
+        """Range `[lo, hi]` of draws per scene (each draw adds 1 or 2 objects)."""
+        hi = self.max_objects // 2
+        return min(max(min_objects, 1), hi), hi
 
 
 def _shape_mask(kind: int, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
@@ -302,19 +330,29 @@ def _shape_mask(kind: int, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarr
 
 
 def sample_scene(rng: np.random.Generator, cfg: SceneConfig, min_objects: int = 1) -> list[int]:
-    """Distinct object classes of one scene: Zipf prior, partners added with `pair_prob`."""
-    n = int(rng.integers(min_objects, cfg.max_objects + 1))
+    """Distinct object classes of one scene (sorted): Zipf draws, each anchor with its partner at `pair_prob`."""
+    lo, hi = cfg.draws(min_objects)
+    k = int(rng.integers(lo, hi + 1))
     prior = cfg.class_prior
-    objs: list[int] = []
-    while len(objs) < n:
-        partners = [p for o in objs if (p := cfg.partner(o)) is not None and p not in objs]
-        if partners and rng.random() < cfg.pair_prob:
-            objs.append(partners[0])
-            continue
-        p = prior.copy()
-        p[objs] = 0
-        objs.append(int(rng.choice(cfg.n_classes, p=p / p.sum())))
+    drawn = rng.choice(cfg.n_classes, size=k, replace=False, p=prior)
+    objs = [int(c) for c in drawn]
+    for c in drawn:
+        p = cfg.partner(int(c))
+        if p is not None and rng.random() < cfg.pair_prob:
+            objs.append(p)
     return sorted(objs)
+
+
+def cooccurrence(objs: Sequence[Sequence[int]], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class counts `[C]` and pair counts `[C, C]` (a, b both present, a ≠ b) over scenes."""
+    freq = np.zeros(n_classes)
+    co = np.zeros((n_classes, n_classes))
+    for o in objs:
+        idx = np.asarray(list(o), dtype=np.int64)
+        freq[idx] += 1
+        co[np.ix_(idx, idx)] += 1
+    np.fill_diagonal(co, 0)
+    return freq, co
 
 
 def render(rng: np.random.Generator, cfg: SceneConfig, objs: Sequence[int]) -> np.ndarray:
@@ -344,21 +382,16 @@ def scenes(rng: np.random.Generator, cfg: SceneConfig, n: int, min_objects: int 
 
 
 def pope_questions(rng: np.random.Generator, objs: Sequence[Sequence[int]], n_classes: int, split: str,
-                   per_image: int = 2) -> list[tuple[int, int, str]]:
+                   per_image: int = 2, partner: Callable[[int], int | None] | None = None
+                   ) -> list[tuple[int, int, str]]:
     """POPE questions `(image index, class, label)`: `per_image` positives and negatives per image.
 
     random: negatives uniform over absent classes; popular: the most frequent classes over these
-    images that are absent; adversarial: absent classes co-occurring most with the paired positive
-    (co-occurrence counted over these images); both fall back to random when they run out.
+    images that are absent; adversarial: the stated co-occurring partner (`partner`) of the paired
+    positive, then of any present object, when absent; otherwise the absent class co-occurring most
+    with the positive (counted over these images); both fall back to random when they run out.
     """
-    freq = np.zeros(n_classes)
-    co = np.zeros((n_classes, n_classes))
-    for o in objs:
-        freq[list(o)] += 1
-        for a in o:
-            for b in o:
-                if a != b:
-                    co[a, b] += 1
+    freq, co = cooccurrence(objs, n_classes)
     out = []
     for i, o in enumerate(objs):
         pos = list(rng.choice(o, size=min(per_image, len(o)), replace=False))
@@ -369,8 +402,9 @@ def pope_questions(rng: np.random.Generator, objs: Sequence[Sequence[int]], n_cl
             if split == "popular":
                 pick = max(pool, key=lambda c: (freq[c], -c))
             elif split == "adversarial":
+                stated = [b for a in (p, *o) if partner and (b := partner(int(a))) is not None and b in pool]
                 best = max(pool, key=lambda c: (co[p, c], freq[c], -c))
-                pick = best if co[p, best] > 0 else int(rng.choice(pool))
+                pick = stated[0] if stated else best if co[p, best] > 0 else int(rng.choice(pool))
             elif split == "random":
                 pick = int(rng.choice(pool))
             else:

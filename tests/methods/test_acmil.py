@@ -3,6 +3,7 @@ masked instances get exactly 0 weight, rows sum to 1, at most ⌊K·p⌋ masked 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import attnbench.kernels.acmil as kacmil
@@ -74,3 +75,54 @@ def test_flops() -> None:
     p = SPEC.params()
     want = 2 * N * C * C + 4 * N * C * 128 + 2 * N * 128 * 5 + 2 * 5 * N * C + 2 * N * C
     assert acmil_flops(w, p).useful == want
+
+
+# -- STKIM active in training: the branch classifiers and the bag weights see the masked attention ----
+def _branch_loss(layer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    layer(x)
+    logits = layer.branch_logits
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(logits.shape[1]))
+    return ce + layer.aux_loss
+
+
+def test_branch_masks_change_the_training_loss() -> None:
+    x, y = _x(), torch.tensor([0, 1])
+    masked, plain = _layer(n_classes=2).train(), _layer(n_classes=2, mask_prob=0.0).train()
+    torch.manual_seed(3)
+    with_masks = _branch_loss(masked, x, y)
+    without = _branch_loss(plain, x, y)
+    assert not torch.allclose(with_masks, without)  # STKIM reaches the loss
+    torch.testing.assert_close(without, _branch_loss(plain.eval(), x, y))  # p = 0: training == evaluation
+    torch.testing.assert_close(_branch_loss(masked.eval(), x, y), without)  # evaluation never masks
+
+
+def test_masked_instances_get_no_weight_and_no_gradient() -> None:
+    layer = _layer(n_branches=1, top_k=8, mask_prob=0.5, n_classes=2).train()
+    x = _x().requires_grad_(True)
+    torch.manual_seed(11)
+    loss = _branch_loss(layer, x, torch.tensor([1, 0]))
+    loss.backward()
+    with torch.no_grad():
+        scores = layer.scores(layer.reduce(x))
+        torch.manual_seed(11)
+        noise = torch.rand(2, 1, 8)
+        gone = stkim_mask(scores, noise, top_k=8, mask_prob=0.5)[:, 0]  # [B, N]
+    assert int(gone.sum()) == 2 * 4
+    assert (layer.bag_weights[gone] == 0).all()  # the slide weights are the masked ones (official ACMIL_GA)
+    assert (x.grad[gone] == 0).all() and (x.grad[~gone].abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("backend", ["native"])
+def test_fused_layer_matches_reference_in_training(backend: str) -> None:
+    x, y = _x(), torch.tensor([1, 0])
+    outs = []
+    for b in ("reference", backend):
+        layer = _layer(b, n_classes=3).train()
+        xb = x.clone().requires_grad_(True)
+        torch.manual_seed(5)
+        out = layer(xb)
+        loss = out.sum() + torch.nn.functional.cross_entropy(layer.branch_logits[:, 0], y) + layer.aux_loss
+        loss.backward()
+        outs.append((out, layer.branch_logits, layer.aux_loss, xb.grad, layer.att_w.weight.grad))
+    for got, want in zip(outs[1], outs[0], strict=True):
+        torch.testing.assert_close(got, want)

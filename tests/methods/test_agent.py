@@ -67,3 +67,15 @@ def test_flops_formula_matches_counter() -> None:
     counted = counted_flops(lambda: layer(torch.randn(2, N, C)))
     # the counter does not see the adaptive average pool (B·N·C adds)
     assert counted == pytest.approx(agent_flops(w, params).useful - 2 * N * C)
+
+
+def test_agent_count_scales_with_the_grid_by_the_papers_ratio() -> None:
+    from attnbench.impls.agent import agents_for
+
+    assert agents_for(14 * 14) == 49  # Agent-DeiT-T: 49 agents for 196 tokens
+    assert agents_for(7 * 7) == 9  # n ≪ N on the image proxy's 7×7 grid (not 49: the quadratic regime)
+    assert agents_for(64 * 64) == 49 and agents_for(4) == 1 and agents_for(49, 16) == 16
+    torch.manual_seed(0)
+    assert build_layer("agent", "reference", C, H, spatial=(7, 7)).agent_num == 9
+    w = Workload(batch=1, heads_q=H, heads_kv=H, seq_q=49, seq_kv=49, head_dim=C // H, spatial=(7, 7))
+    assert agent_flops(w, SPEC.params()).useful == agent_flops(w, SPEC.params({"agent_num": 9})).useful

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.flops import core_flops
-from attnbench.impls.dma import SPEC, dma, dma_routing
+from attnbench.impls.dma import SPEC, dma, dma_routing, routing_flops
 from attnbench.registry import METHODS
 from attnbench.spec import Workload
 
@@ -76,5 +76,64 @@ def test_flops_count_kept_pairs() -> None:
     params = SPEC.params({"window": 32})
     kept = sum(min(32, i + 1) for i in range(256))
     f = SPEC.flops(w, params)
-    assert f.useful == pytest.approx(core_flops(w, kept))
+    routing = routing_flops(w, params)  # dt projection + top-w: inside the call, so inside the FLOPs
+    assert routing > 2 * 256 * HKV * D * HKV
+    assert f.useful == pytest.approx(core_flops(w, kept) + routing)
     assert f.executed >= f.useful
+
+
+def test_recorded_density_is_the_causal_window_count_whatever_the_routing_weights() -> None:
+    """A query keeps min(w, visible) keys: the count (and at_density's window) is the causal
+    sliding window's, for the seeded fallback and for any learned W_dt alike."""
+    from attnbench import density
+    from attnbench.impls.dma import at_density
+
+    n, hkv, d = 48, 2, 8
+    window = at_density(Workload(seq_q=n, seq_kv=n, causal=True), 0.25, SPEC.params())["window"]
+    want = density.window_pairs(n, window, True) / density.allowed_pairs(n, n, True)
+    assert abs(want - 0.25) <= n / density.allowed_pairs(n, n, True)
+    q, k, v = (torch.randn(1, hkv, n, d, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    for w_dt in (None, torch.randn(hkv * d, hkv)):
+        kw = {} if w_dt is None else {"dt_weight": w_dt}
+        with density.measure() as meter:
+            dma(q, k, v, window=window, **kw)
+        assert meter.value == pytest.approx(want)
+
+
+def test_layer_routing_parameters_receive_gradients() -> None:
+    """DMALayer (the proxies' form) owns W_dt and A: a backward reaches both, so the mask learns."""
+    from attnbench.impls.dma import DMALayer
+    from attnbench.spec import Backend
+
+    torch.manual_seed(0)
+    layer = DMALayer(METHODS.get("dma"), Backend.REFERENCE, 32, 4, kv_heads=2, causal=True,
+                     params={"window": 8})
+    names = {n for n, _ in layer.named_parameters()}
+    assert {"dt_proj", "A"} <= names and layer.dt_proj.shape == (2 * 8, 2) and layer.A.shape == (2,)
+    x = torch.randn(2, 24, 32)
+    layer(x).square().sum().backward()
+    for p in (layer.dt_proj, layer.A):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    with torch.no_grad():  # the learned weights change the selection: the mask is theirs, not a seed's
+        before = layer(x)
+        layer.dt_proj.mul_(-1.0)
+        assert not torch.allclose(before, layer(x))
+
+
+def test_learned_weights_reach_the_flex_backend() -> None:
+    q, k, v = _qkv(4)
+    w_dt = torch.randn(HKV * D, HKV)
+    a = torch.tensor([0.5, 2.0])
+    p = {**SPEC.params({"window": 24}), "dt_weight": w_dt, "a": a}
+    want = dma(q, k, v, **p)
+    got = METHODS.get("dma").impl("flex").prepare(q, k, v, causal=True, params=p)(q, k, v)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(want, dma(q, k, v, **SPEC.params({"window": 24})))  # not the seeded fallback
+
+
+def test_proxies_build_the_trainable_layer() -> None:
+    from attnbench.impls.dma import DMALayer
+    from attnbench.layers import build_layer
+
+    layer = build_layer("dma", "reference", 32, 4, kv_heads=2, causal=True, params={"window": 8})
+    assert isinstance(layer, DMALayer) and layer.dt_proj.requires_grad and layer.A.requires_grad

@@ -106,3 +106,24 @@ def test_sdpa_backend_reason_when_not_blocked() -> None:
     why = entry.why_not("sdpa", Workload(seq_q=64, seq_kv=64), SPEC.params({"stride": 4}))
     assert why is not None and "stride == kernel_size" in why
     assert math.isclose(natten_sim((64,), 16, 16, q_tile=16, kv_tile=16)["flop_speedup"], 4.0)
+
+
+@pytest.mark.parametrize("kernel,stride", [(16, 16), (8, 1), (8, 4)])
+def test_at_density_keeps_the_stride_ratio(kernel: int, stride: int) -> None:
+    """Blocked GNA stays blocked, NA stays NA, strided stays half-strided, at every target."""
+    from attnbench.impls.gna import at_density
+
+    w = Workload(seq_q=128, seq_kv=128, causal=True)
+    params = SPEC.params({"kernel_size": kernel, "stride": stride})
+    for target in (0.125, 0.5):
+        p = at_density(w, target, params)
+        assert p["stride"] == max(1, round(p["kernel_size"] * stride / kernel))
+
+
+def test_recorded_density_on_a_2d_grid_is_the_factorised_count() -> None:
+    from attnbench import density
+
+    q = k = v = torch.randn(1, 2, 64, 8)
+    with density.measure() as meter:
+        gna(q, k, v, kernel_size=4, stride=4, spatial=(8, 8))
+    assert meter.value == pytest.approx(16 / 64)  # blocked 4×4: exactly Πk keys per query

@@ -1,4 +1,4 @@
-"""MDHA invariants (spec card methods-modeling A1): identity convs ⇒ MHA, causality, FLOPs."""
+"""MDHA invariants (spec card methods-modeling A1): identity convs ⇒ MHA, causality, FLOPs, positions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from attnbench.flops import counted_flops
 from attnbench.impls.mdha import SPEC, mdha_flops
 from attnbench.layers import build_layer
 from attnbench.ops import causal_mask, dense_attention
+from attnbench.proxy.train import effective_pos
+from attnbench.registry import METHODS
 from attnbench.spec import Workload
 
 C, H, N = 32, 4, 24
@@ -65,3 +67,16 @@ def test_counted_flops_match_the_formula() -> None:
     w = Workload(batch=1, heads_q=4, heads_kv=4, seq_q=N, seq_kv=N, head_dim=C // 4)
     layer, x = _layer(causal=False), _x()[:1]
     assert counted_flops(lambda: layer(x)) == mdha_flops(w, SPEC.params()).useful
+
+
+def test_trains_with_the_same_positions_as_mha() -> None:
+    """The convs are not a position code (card A1 names none): MDHA gets MHA's scheme in the proxies,
+    RMHA (a relative position code) still gets none added."""
+    for pos in ("rope", "learned", "none"):
+        assert effective_pos(METHODS.get("mdha"), pos) == effective_pos(METHODS.get("mha"), pos)
+    assert effective_pos(METHODS.get("rmha"), "rope")[0] == "none"
+    x, plain = _x(), _layer()
+    torch.manual_seed(0)
+    rot = build_layer("mdha", "reference", C, H, causal=True, rope=True).double()
+    torch.testing.assert_close(rot(x)[:, :1], plain(x)[:, :1])  # position 0 is not rotated
+    assert not torch.allclose(rot(x)[:, 1:], plain(x)[:, 1:])

@@ -67,12 +67,35 @@ def test_native_gradients_match_reference() -> None:
 
 
 def test_flops_sparser_than_causal() -> None:
-    from attnbench.flops import dense_flops
+    from attnbench.flops import block_routing_flops, dense_flops
     from attnbench.spec import Workload
 
     w = Workload(batch=1, heads_q=2, heads_kv=2, seq_q=512, seq_kv=512, head_dim=D, causal=True)
     f = SPEC.flops(w, SPEC.params({"block_size": 64, "topk": 2}))
     # each query: at most one history block of 64 plus its causal own-block prefix
     bound = 4 * 2 * D * sum(min(i // 64, 1) * 64 + i % 64 + 1 for i in range(512))
-    assert f.useful == bound  # random inputs: every query with history picks exactly one block
+    routing = block_routing_flops(w, 64)  # the router is input-dependent work, counted in useful too
+    assert f.useful - routing == bound  # random inputs: every query with history picks exactly one block
     assert f.useful < dense_flops(w).useful and f.executed >= f.useful
+
+
+@pytest.mark.parametrize("block_size,topk", [(BS, 1), (BS, 3), (16, 5)])
+def test_attended_pairs_do_not_depend_on_the_input(block_size: int, topk: int) -> None:
+    """The router picks which blocks, never how many: the recorded density is the closed-form count."""
+    from attnbench import density
+    from attnbench.impls.moba import moba_pairs
+
+    want = moba_pairs(N, block_size, topk) / density.allowed_pairs(N, N, True)
+    for seed in (0, 1):
+        with density.measure() as meter:
+            moba(*_qkv(seed), block_size=block_size, topk=topk)
+        assert meter.value == pytest.approx(want)
+
+
+def test_at_density_routes_between_several_blocks() -> None:
+    from attnbench.impls.moba import at_density
+    from attnbench.spec import Workload
+
+    for n in (64, 256):
+        p = at_density(Workload(seq_q=n, seq_kv=n, causal=True), 0.25, SPEC.params())
+        assert p["topk"] >= 2 and n // p["block_size"] >= 8  # a router with choices, not a block diagonal

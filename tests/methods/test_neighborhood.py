@@ -192,3 +192,19 @@ def test_natten_peer_reasons() -> None:
     entry = METHODS.get("neighborhood")
     w = Workload(seq_q=64, seq_kv=64, mode="fwd_bwd")
     assert entry.why_not("natten", w, SPEC.params()) is not None
+
+
+@pytest.mark.parametrize("spatial", [(7, 7), (4, 4, 4)])
+def test_recorded_density_is_prod_kernel_over_n(spatial) -> None:
+    """Borders shift inward, so every non-causal query sees exactly Πk keys; at_density picks k."""
+    from attnbench import density
+    from attnbench.impls.neighborhood import at_density
+
+    n = math.prod(spatial)
+    w = Workload(seq_q=n, seq_kv=n, spatial=spatial)
+    k = at_density(w, 0.25, SPEC.params())["kernel_size"]
+    q = kk = v = torch.randn(1, 1, n, 8)
+    with density.measure() as meter:
+        neighborhood(q, kk, v, kernel_size=k, spatial=spatial)
+    assert meter.value == pytest.approx(k ** len(spatial) / n)
+    assert abs(meter.value - 0.25) <= ((k + 1) ** len(spatial) - k ** len(spatial)) / n

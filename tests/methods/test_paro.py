@@ -100,3 +100,55 @@ def test_flex_refuses_p_quantisation_with_a_reason() -> None:
 
     why = METHODS.get("paro").why_not("flex", Workload(seq_q=N, seq_kv=N), SPEC.params({"pv_bits": 4}))
     assert why and "P" in why
+
+
+def test_evaluated_on_an_input_other_than_its_calibration_batch() -> None:
+    """The plan is frozen from the `calib_seed` batch: it does not follow the evaluated input
+    (a strided input would re-order itself W-first if calibrated on itself), and it changes with
+    the calibration seed only."""
+    from attnbench.impls.paro import frozen_plan
+
+    w_coord = torch.arange(N) % GRID[2]
+    q = k = (torch.nn.functional.one_hot(w_coord, D).float() * 8.0).expand(B, H, N, D).contiguous()
+    v = torch.randn(B, H, N, D)
+    oracle_perm, _ = paro_plan(q, k, grid=GRID, block=BLOCK, density=0.25, coverage=0.9)
+    kw = dict(block=BLOCK, density=0.25, coverage=0.9, spatial=GRID)
+    perm, mblk = frozen_plan(q, calib_seed=1234, **kw)
+    assert not torch.equal(perm, oracle_perm)
+    q2, k2, _ = _qkv(7)
+    assert all(torch.equal(a, b) for a, b in zip(frozen_plan(q2, calib_seed=1234, **kw), (perm, mblk), strict=True))
+    assert not torch.equal(frozen_plan(q, calib_seed=99, **kw)[1], mblk)
+    from attnbench.impls.paro import permute_heads, sparse_quant_attention
+
+    qp, kp, vp = (permute_heads(t, perm) for t in (q, k, v))
+    want = permute_heads(sparse_quant_attention(qp, kp, vp, mblk, block=BLOCK, qk_bits=0, pv_bits=0),
+                         torch.argsort(perm, -1))
+    torch.testing.assert_close(paro(q, k, v, **SPEC.params({"block": BLOCK}), spatial=GRID), want)
+
+
+def test_mask_recall_on_hand_built_cases() -> None:
+    from attnbench.impls.paro import incoherence, mask_recall
+
+    n, block = 32, 8
+    ident = torch.arange(n)[None].expand(1, n)
+    nb = n // block
+    diag = torch.eye(nb, dtype=torch.bool)[None]
+    uniform = torch.zeros(1, 1, n, 4)  # every score equal: each row's mass spreads evenly over the blocks
+    assert mask_recall(uniform, uniform, ident, diag, block) == pytest.approx(1 / nb)
+    assert incoherence(uniform, uniform, ident, diag, block) == pytest.approx(1.0)
+    peaked = torch.nn.functional.one_hot(torch.arange(n), n).float()[None, None] * 30.0  # attends to itself
+    assert mask_recall(peaked, peaked, ident, diag, block) > 0.999
+    assert mask_recall(peaked, peaked, ident, diag.roll(1, dims=-1), block) < 1e-3
+    assert incoherence(peaked, peaked, ident, diag, block) > 5.0
+
+
+def test_correctness_rows_carry_mask_recall() -> None:
+    from attnbench.registry import SUITES
+    from attnbench.spec import Workload, params_json
+    from attnbench.suite import Case, ResolvedCase
+
+    w = Workload(batch=1, heads_q=2, seq_q=256, seq_kv=256, head_dim=16, spatial=GRID)
+    case = Case("correctness", "paro", "native", w, params_json({"block": BLOCK}))
+    rows = {r.metric: r for r in SUITES.get("correctness").run(ResolvedCase.resolve(case, METHODS))}
+    assert rows["max_abs_err"].status == "ok"
+    assert 0.0 < rows["mask_recall"].value < 1.0 and rows["incoherence"].value >= 1.0

@@ -54,3 +54,19 @@ def test_flops_formula_matches_counter() -> None:
     torch.manual_seed(0)
     layer = build_layer("shvit", "reference", C, 4, params=params)  # sdpa pads q/k to D_v
     assert counted_flops(lambda: layer(torch.randn(1, N, C))) == pytest.approx(shvit_flops(w, params).useful)
+
+
+def test_macro_design_has_no_attention_in_the_first_stage() -> None:
+    from attnbench.impls.shvit import SHSA
+    from attnbench.suites._image_models import ImageModelConfig, SHViTBlock, SHViTNet, shvit_grids
+
+    torch.manual_seed(0)
+    cfg = ImageModelConfig(method="shvit", n_classes=10, d_model=C, n_heads=1, patch=2, grid=(14, 14),
+                           takes_grid=True, shvit_depths=(1, 2, 1))
+    net = SHViTNet(cfg)
+    blocks = [m for m in net.stages if isinstance(m, SHViTBlock)]
+    assert [b.grid for b in blocks] == [(14, 14), (7, 7), (7, 7), (4, 4)] == [shvit_grids((14, 14), (1, 2, 1))[i]
+                                                                               for i in (0, 1, 1, 2)]
+    assert blocks[0].attn is None and all(isinstance(b.attn, SHSA) for b in blocks[1:])
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in net.stem.modules()) == 1
+    assert net(torch.rand(3, 28, 28, 1)).shape == (3, 10)

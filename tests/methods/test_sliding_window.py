@@ -108,3 +108,19 @@ def test_check_rejects_impossible_windows() -> None:
     assert SPEC.why_not(w, {"window": 64}) is None
     assert "larger than the sequence" in SPEC.why_not(w, {"window": 65})
     assert "positive integer" in SPEC.why_not(w, {"window": 0})
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_recorded_density_is_the_window_count(causal: bool) -> None:
+    from attnbench import density
+    from attnbench.impls.sliding_window import at_density
+
+    n = 96
+    for target in (0.125, 0.25, 0.5):
+        window = at_density(Workload(seq_q=n, seq_kv=n, causal=causal), target, SPEC.params())["window"]
+        assert causal or window % 2 == 1  # an even non-causal window adds no key
+        q = k = v = torch.randn(1, 2, n, 8)
+        with density.measure() as meter:
+            sliding_window(q, k, v, causal=causal, window=window)
+        want = density.window_pairs(n, window, causal) / density.allowed_pairs(n, n, causal)
+        assert meter.value == pytest.approx(want) and abs(want - target) <= n / density.allowed_pairs(n, n, causal)

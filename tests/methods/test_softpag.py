@@ -43,3 +43,42 @@ def test_guidance():
     a, b = torch.ones(3), torch.zeros(3)
     torch.testing.assert_close(pag_guidance(a, b, 0.0), a)
     torch.testing.assert_close(pag_guidance(a, b, 2.0), 3 * a)
+
+
+def _tiny_model():
+    from torch import nn
+
+    from attnbench.layers import build_layer
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb = nn.Embedding(10, 16)
+            self.attn = nn.ModuleList(build_layer("mha", "reference", 16, 2, causal=True) for _ in range(2))
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):
+            h = self.emb(x)
+            for a in self.attn:
+                h = h + a(h)
+            return self.head(h)
+
+    return Tiny().double().eval()
+
+
+def test_guided_decoding_w0_and_identity_perturbation_are_base():
+    from attnbench import intervene as iv
+
+    m = _tiny_model()
+    x = torch.randint(0, 10, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base = m(x)
+        perturbed = iv.apply_intervention(m, "softpag", {"strength": 1.0})
+        torch.testing.assert_close(iv.Guided(m, perturbed, 0.0)(x), base)  # w = 0: the base
+        ident = iv.apply_intervention(m, "softpag", {"strength": 0.0})  # the identity perturbation
+        for w in (0.5, 1.0, 3.0, 10.0):
+            torch.testing.assert_close(iv.Guided(m, ident, w)(x), base)
+        p = perturbed(x)
+        assert not torch.allclose(p, base)
+        torch.testing.assert_close(iv.Guided(m, perturbed, 3.0)(x), pag_guidance(base, p, 3.0))

@@ -83,3 +83,19 @@ def test_flops_and_length_check() -> None:
     assert attention + 8 * N * C * C < f.useful < f.executed  # + projections, predictor; Â run dense
     with pytest.raises(ValueError, match="built for"):
         _layer()(torch.randn(1, N + 1, C, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n,cls", [(49, True), (64, False)])
+def test_layer_records_k_keys_per_row_and_at_density_hits_the_target(n: int, cls: bool) -> None:
+    from attnbench import density
+    from attnbench.impls.sparsifiner import at_density
+
+    w = Workload(seq_q=n, seq_kv=n, spatial=(n,))
+    params = SPEC.params({"cls_token": cls})
+    ratio = at_density(w, 0.25, params)["keep_ratio"]
+    layer = build_layer("sparsifiner", "reference", 16, 2, params={**params, "keep_ratio": ratio}, spatial=(n,)).eval()
+    with torch.no_grad(), density.measure() as meter:
+        layer(torch.randn(2, n, 16))
+    k = budget(n, ratio)
+    assert meter.value == pytest.approx((int(cls) * n + (n - int(cls)) * k) / (n * n))
+    assert abs(meter.value - 0.25) <= 1 / n  # one key per row

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import attnbench.kernels.spectformer  # noqa: F401  (registers spectformer and its FFT step)
-from attnbench.impls.spectformer import SPEC, spectformer_flops, spectformer_mixers
+from attnbench.impls.spectformer import SPEC, spectformer_flops, spectformer_layout, spectformer_mixers
 from attnbench.layers import build_layer
+from attnbench.proxy.train import ModelConfig, ProxyModel
 from attnbench.spec import Workload
 
 C = 8
@@ -68,3 +69,26 @@ def test_adapt_flops_and_hybrid_helper() -> None:
     for m in mixers:
         x = x + m(x)
     assert x.shape == (2, 24, C)
+
+
+def test_layout_is_alpha_spectral_then_attention() -> None:
+    assert spectformer_layout(12, SPEC.params()) == ("spectformer",) * 4 + ("mha",) * 8  # paper: 4 of 12
+    assert spectformer_layout(2, SPEC.params()) == ("spectformer", "mha")
+    assert spectformer_layout(3, {"alpha": 3}) == ("spectformer",) * 3  # all-spectral (GFNet-like)
+    with pytest.raises(ValueError, match="alpha=5"):
+        spectformer_layout(4, {"alpha": 5})
+
+
+def _vit(method: str, **params) -> ProxyModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(method=method, in_dim=3, out_dim=5, d_model=C, n_heads=2, n_layers=3, causal=False,
+                      mlp=True, params=params, spatial=(4, 6) if method == "spectformer" else None, max_len=24)
+    return ProxyModel(cfg).double()
+
+
+def test_proxy_model_builds_the_plan_and_alpha_zero_is_the_attention_stack() -> None:
+    x = torch.randn(2, 24, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    hybrid = _vit("spectformer")
+    assert [type(b.attn).__name__ for b in hybrid.blocks] == ["SpectralGating", "AttentionLayer", "AttentionLayer"]
+    torch.testing.assert_close(_vit("spectformer", alpha=0)(x), _vit("mha")(x))
+    assert not torch.allclose(hybrid(x), _vit("mha")(x))

@@ -50,3 +50,32 @@ def test_flex_matches_reference_with_a_text_sink():
         kw = dict(causal=causal, sinks=[0, 3, 17], rho=0.3)
         torch.testing.assert_close(var_flex(q.float(), k.float(), v.float(), **kw), var(q, k, v, **kw).float(),
                                    atol=2e-5, rtol=1e-4)
+
+
+def test_detects_the_planted_sink_of_a_massive_activation_dimension():
+    from attnbench.impls.var import detect_sinks, massive_dims
+
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2, 12, 32, generator=g)
+    h[0, 5, 7] = 200.0  # a massive activation in dimension 7: token 5 of the first sequence
+    h[1, 9, 7] = -150.0  # and token 9 of the second
+    sinks = detect_sinks(h, tau=20.0)
+    want = torch.zeros(2, 12, dtype=torch.bool)
+    want[0, 5] = want[1, 9] = True
+    assert torch.equal(sinks, want)
+    assert massive_dims(h, 1) == [7]
+    assert torch.equal(detect_sinks(h, 20.0, dims=[7]), want)
+    assert not bool(detect_sinks(h, 20.0, dims=[0, 1]).any())  # the massive channel is not among these
+    assert not bool(detect_sinks(torch.randn(2, 12, 32, generator=g), 20.0).any())  # no massive activation
+
+
+def test_per_sequence_sink_mask_matches_indices_and_flex():
+    q, k, v = (torch.cat([x, x.flip(2)]) for x in _qkv(2))  # batch of 2
+    mask = torch.zeros(2, N, dtype=torch.bool)
+    mask[0, 3] = mask[1, 5] = True
+    out = var(q, k, v, sinks=mask, rho=0.3)
+    torch.testing.assert_close(out[:1], var(q[:1], k[:1], v[:1], sinks=[3], rho=0.3))
+    torch.testing.assert_close(out[1:], var(q[1:], k[1:], v[1:], sinks=[5], rho=0.3))
+    for causal in (False, True):
+        got = var_flex(q.float(), k.float(), v.float(), causal=causal, sinks=mask, rho=0.3)
+        torch.testing.assert_close(got, var(q, k, v, causal=causal, sinks=mask, rho=0.3).float(), atol=2e-5, rtol=1e-4)

@@ -103,3 +103,23 @@ def test_default_grid_and_adapt() -> None:
         t, h, w = default_grid(n)
         assert t * h * w == n
     assert SPEC.shape(Workload(seq_q=1024, seq_kv=1024), SPEC.params()).spatial == (4, 16, 16)
+
+
+@pytest.mark.parametrize("spatial,block,topk", [((4, 8, 8), (1, 4, 4), 3), ((1, 7, 7), (1, 1, 7), 2)])
+def test_topk_density_is_k_of_the_blocks_exactly(spatial, block, topk) -> None:
+    from attnbench import density
+
+    n = spatial[0] * spatial[1] * spatial[2]
+    q, k, v = (torch.randn(1, 2, n, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    with density.measure() as meter:
+        vmoba(q, k, v, partition="3d", block=block, select_mode="topk", topk=topk, spatial=spatial)
+    nblk = n // (block[0] * block[1] * block[2])
+    assert meter.value == pytest.approx(topk / nblk)
+
+
+def test_at_density_on_a_patch_grid_where_the_paper_default_is_one_block() -> None:
+    from attnbench.impls.vmoba import at_density
+
+    w = Workload(seq_q=49, seq_kv=49, spatial=(7, 7))
+    p = at_density(w, 0.25, SPEC.params())
+    assert p["select_mode"] == "topk" and p["block"] == [1, 1, 7] and p["topk"] == 2  # 2 of 7 row blocks

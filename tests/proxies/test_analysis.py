@@ -76,3 +76,50 @@ def test_rows_heatmap_and_headhunter():
     grid = analysis.rows_grid(rows, "vhd")
     assert grid.shape == (2, 2) and torch.isnan(grid[1, 1])
     assert analysis.heatmap_svg(rows, "vhd").lstrip().startswith("<?xml")
+
+
+def test_pattern_features_cluster_local_global_and_cls_heads():
+    import numpy as np
+
+    from attnbench.suites.hallucination import vit
+
+    n = 17  # CLS + 4×4 patches
+    eye = torch.eye(n)
+    uniform = torch.full((n, n), 1 / n)
+    cls = torch.zeros(n, n)
+    cls[:, 0] = 1.0
+    maps = torch.stack([eye, uniform, cls, eye * 0.9 + uniform * 0.1, uniform, cls])[None]  # [1, 6, n, n]
+    feats, prof = vit.pattern_features(maps)
+    assert feats.shape[0] == 6 and prof.shape[0] == 6
+    np.testing.assert_allclose(prof.sum(-1)[[0, 1, 3, 4]], 1.0)
+    assert prof[0, 0] == 1.0  # the identity head attends at distance 0 only
+    labels = vit.cluster_heads(feats, k=3)
+    assert labels[0] == labels[3] and labels[1] == labels[4] and labels[2] == labels[5]
+    assert len({labels[0], labels[1], labels[2]}) == 3
+
+
+def test_vit_analysis_rows_and_cluster_figure():
+    from attnbench.suites.hallucination import vit
+
+    scores, profiles = vit.analyze_vit(method="mha", steps=5, n_probe=32, k=2)
+    rows = analysis.to_rows(scores, "mha")
+    grid = analysis.rows_grid(rows, "pattern_cluster")
+    assert grid.shape == (2, 2) and set(grid.flatten().tolist()) <= {0.0, 1.0}
+    assert {"head_importance_loss", "attn_distance", "cls_mass", "vit_top1"} <= {r["metric"] for r in rows}
+    assert vit.cluster_svg(rows, profiles).lstrip().startswith("<?xml")
+
+
+def test_cli_analyze_a_vit_writes_cluster_rows_and_figure(tmp_path):
+    from typer.testing import CliRunner
+
+    from attnbench import results
+    from attnbench.cli import app
+
+    res = CliRunner().invoke(app, ["analyze", "--model-kind", "vit", "--steps", "3", "-o", str(tmp_path / "r"),
+                                   "--heatmaps", str(tmp_path / "h")])
+    assert res.exit_code == 0, res.output
+    df = results.load([tmp_path / "r"])
+    assert {"pattern_cluster", "attn_distance", "head_importance_loss"} <= set(df["metric"])
+    assert "cluster" in (tmp_path / "h" / "pattern_cluster.svg").read_text()
+    bad = CliRunner().invoke(app, ["analyze", "--model-kind", "resnet"])
+    assert bad.exit_code == 2 and "model-kind" in bad.output

@@ -10,6 +10,7 @@ import pytest
 from attnbench.presets import Preset
 from attnbench.registry import METHODS, SUITES
 from attnbench.suite import ResolvedCase
+from attnbench.suites.hallucination import model as hm
 from attnbench.suites.hallucination import scoring as hal
 
 
@@ -68,21 +69,57 @@ def test_scenes_and_pope_questions():
     assert img.shape == (64, 32, 32, 3) and 0.0 <= img.min() and img.max() <= 1.0
     assert all(2 <= len(o) <= 4 and o == sorted(set(o)) for o in objs)
     for split in ("random", "popular", "adversarial"):
-        qs = hal.pope_questions(np.random.default_rng(1), objs, 10, split)
+        qs = hal.pope_questions(np.random.default_rng(1), objs, 10, split, partner=cfg.partner)
         assert len(qs) == 4 * 64 and sum(q[2] == "yes" for q in qs) == 2 * 64
         assert all((q[1] in objs[q[0]]) == (q[2] == "yes") for q in qs)
+    adv = hal.pope_questions(np.random.default_rng(1), objs, 10, "adversarial", partner=cfg.partner)
+    for i, o in enumerate(objs):  # every absent partner of a present anchor is asked first
+        traps = {p for a in o if (p := cfg.partner(a)) is not None and p not in o}
+        negs = [c for j, c, lab in adv if j == i and lab == "no"]
+        assert set(negs[:len(traps)]) <= traps or traps <= set(negs)
+
+
+@pytest.mark.parametrize("n_pairs,pair_prob", [(4, 0.8), (3, 0.9), (2, 0.5)])
+def test_cooccurrence_statistics_match_the_configuration(n_pairs, pair_prob):
+    cfg = hal.SceneConfig(n_pairs=n_pairs, pair_prob=pair_prob)
+    rng = np.random.default_rng(0)
+    objs = [hal.sample_scene(rng, cfg) for _ in range(4000)]
+    freq, co = hal.cooccurrence(objs, cfg.n_classes)
+    for i in range(n_pairs):
+        anchor, partner = 2 * i, 2 * i + 1
+        assert co[anchor, partner] == freq[partner]  # a partner never appears without its anchor
+        p = co[anchor, partner] / freq[anchor]  # P(partner | anchor)
+        se = (pair_prob * (1 - pair_prob) / freq[anchor]) ** 0.5
+        assert abs(p - pair_prob) < 4 * se + 1e-9, (anchor, p)
+    drawable = cfg.drawable
+    assert all(freq[c] > 0 for c in drawable) and all(1 <= len(o) <= cfg.max_objects for o in objs)
+    first = np.array([freq[c] for c in drawable])  # Zipf over the drawable classes: decreasing by rank
+    assert (np.diff(first[:3]) < 0).all()
+    with pytest.raises(ValueError):
+        hal.SceneConfig(n_classes=10, n_pairs=5, max_objects=4, grid=2, pair_prob=1.5)
 
 
 def test_tiny_suite_run_and_intervention():
     s = SUITES.get("hallucination")
-    tiny = dict(steps=3, n_pool=64, pope_images=8, chair_images=8, d_model=16, batch_size=8, wall_cap_s=1e9)
+    tiny = dict(steps=3, n_pool=64, pope_images=8, chair_images=8, d_model=16, batch_size=8, wall_cap_s=1e9,
+                n_boot=50)
     base = s.cases(Preset("smoke", {"suite": {"hallucination": {"methods": ["mha"], **tiny}}}), METHODS)[0]
     rows = {r.metric: r.value for r in s.run(ResolvedCase.resolve(base, METHODS))}
     assert 0.0 <= rows["pope_adversarial_f1"] <= 1.0 and "pope_random_acc_blind" in rows and "chair_s" in rows
-    case = s.cases(Preset("smoke", {"suite": {"hallucination": {"methods": ["var"], **tiny}}}), METHODS)[0]
+    assert rows["pope_random_acc_lo"] <= rows["pope_random_acc"] <= rows["pope_random_acc_hi"]
+    case = s.cases(Preset("smoke", {"suite": {"hallucination": {"methods": ["softpag"], **tiny}}}), METHODS)[0]
+    trained = len(hm._CACHE)
     got = {r.metric: r.value for r in s.run(ResolvedCase.resolve(case, METHODS))}
+    assert len(hm._CACHE) == trained  # the intervention reuses the base trained for the mha case
     assert "delta_chair_s" in got and got["steps"] == rows["steps"]
-    assert s.applies_to(METHODS.get("consistedit"), "reference")  # needs paired branches
+    assert got["delta_pope_adversarial_acc_lo"] <= got["delta_pope_adversarial_acc"] \
+        <= got["delta_pope_adversarial_acc_hi"]
+    for method in ("consistedit", "brush"):  # editing methods: no image pair in the proxy, left out with why
+        assert "hallucination proxy" in s.applies_to(METHODS.get(method), "reference")
+    sweep = Preset("smoke", {"suite": {"hallucination": {"methods": ["gift"], "sweep": {"gift": [{"alpha": 2.5}]},
+                                                         **tiny}}})
+    cases = s.cases(sweep, METHODS)
+    assert len(cases) == 2 and sorted(json.loads(c.options)["sweep_point"] for c in cases) == ['{"alpha": 2.5}', "{}"]
 
 
 @pytest.mark.parametrize("method", ["gqa", "mqa"])

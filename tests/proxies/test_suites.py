@@ -31,7 +31,8 @@ TINY: dict[str, dict[str, Any]] = {
 
 
 def one_case(suite: str, method: str = "mha", params: dict[str, Any] | None = None, **settings: Any) -> Case:
-    section: dict[str, Any] = {"methods": [method], **settings}
+    """The one case of `method` (the density ladder off unless `densities` is given)."""
+    section: dict[str, Any] = {"methods": [method], "densities": [], **settings}
     if params:
         section["params"] = {method: params}
     cases = SUITES.get(suite).cases(Preset("smoke", {"suite": {suite: section}}), METHODS)
@@ -98,6 +99,7 @@ def test_tiny_budget_run_on_mha(suite):
     head = {"mqar": "mqar_acc", "niah": "niah_acc_in_range", "icl_regression": "icl_mse",
             "image_cls": "top1"}[suite]
     assert m[head] is not None and m[head] >= 0
+    assert "effective_density" not in m  # a dense method records nothing
     assert all(r.extra.keys() <= {"seq_len", "seq_kv"} for r in rows)  # extras must be schema columns
     if suite == "mqar":
         assert {"mqar_acc_k2", "mqar_acc_k4"} <= m.keys()
@@ -177,6 +179,24 @@ def test_method_trains_in_proxy(method, suite):
         pytest.skip(why)
     m = metrics(s.run(rc))
     assert m["steps"] >= 1 and math.isfinite(m["train_loss"])
+
+
+@pytest.mark.parametrize("suite,method", [("mqar", "sliding_window"), ("niah", "sliding_window"),
+                                          ("icl_regression", "dma"), ("image_cls", "neighborhood")])
+def test_proxy_rows_record_the_effective_density_of_the_resolved_mask(suite, method):
+    """A ladder point resolves the method's params at the task length; the row's effective_density is
+    what the reference attended at evaluation (static masks: exactly the probe's count at that length)."""
+    from attnbench import density
+
+    case = one_case(suite, method, wall_cap_s=NO_CAP, **{**TWO_STEPS[suite], "densities": [0.25]})
+    assert case.option_dict["target_density"] == 0.25 and case.param_dict  # resolved, not the defaults
+    rc = ResolvedCase.resolve(case, METHODS)
+    rows = SUITES.get(suite).run(rc)
+    table = suite_table([SUITES.get(suite)])
+    assert table.get("effective_density").unit == "ratio"
+    got = metrics(rows)["effective_density"]
+    assert got == pytest.approx(density.probe(rc.entry, rc.workload, rc.params), abs=1e-12)
+    assert abs(got - 0.25) < 0.2  # within a block of the target at these tiny lengths
 
 
 def test_explicit_top_level_backend_selection_is_honoured():

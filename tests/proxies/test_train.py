@@ -165,3 +165,36 @@ def test_predict_only_feeds_full_batches():
     x = torch.arange(10.0)[:, None]
     out = predict(model, x, 4)
     assert seen == [4, 4, 4] and torch.equal(out, x * 2)
+
+
+def _lm(method: str, **kw) -> ProxyModel:
+    torch.manual_seed(0)
+    return ProxyModel(ModelConfig(method=method, vocab=16, out_dim=16, d_model=16, n_heads=2, max_len=12, **kw))
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_all_mha_plan_equals_the_mha_model(pos: str):
+    """Invariant of the model plan: a hybrid whose layers are all `mha` is the MHA model."""
+    x = torch.randint(0, 16, (2, 12), generator=torch.Generator().manual_seed(1))
+    want = _lm("mha", n_layers=3, pos=pos)(x)
+    torch.testing.assert_close(_lm("mha", layers=("mha",) * 3, pos=pos)(x), want)
+    torch.testing.assert_close(_lm("decon_hybrid_mlp", layers=("mha",) * 3, pos=pos)(x), want)
+    assert not torch.allclose(_lm("decon_hybrid_mlp", n_layers=3, pos=pos)(x), want)
+
+
+def test_plan_sets_the_depth_and_builds_each_layer():
+    model = _lm("decon_mlp", layers=("decon_mlp", "mha", "mha", "decon_mlp"), pos="rope")
+    assert model.cfg.n_layers == 4 and model.plan == ("decon_mlp", "mha", "mha", "decon_mlp")
+    kinds = [type(b.attn).__name__ for b in model.blocks]
+    assert kinds == ["GatedMLP", "AttentionLayer", "AttentionLayer", "GatedMLP"]
+    assert model.blocks[1].attn.rope  # RoPE where a layer takes it, none in the MLP layers
+    assert model(torch.randint(0, 16, (2, 12))).shape == (2, 12, 16)
+    with pytest.raises(ValueError, match="at least one"):
+        ModelConfig(method="mha", vocab=4, out_dim=4, layers=())
+
+
+def test_effective_pos_of_hybrids():
+    assert effective_pos(METHODS.get("decon_hybrid_mlp"), "rope") == (
+        "rope", "hybrid: RoPE in the layers that take it, none in the others")
+    assert effective_pos(METHODS.get("decon_mlp"), "rope")[0] == "none"
+    assert effective_pos(METHODS.get("decon_hybrid_mlp"), "learned") == ("learned", "")
