@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from attnbench.suite import Case
 
 TIMING_KEYS = ("min_time_s", "max_reps", "warmup_s")
-PROXY_KEYS = ("wall_cap_s", "steps", "epochs")
+PROXY_KEYS = ("wall_cap_s", "steps", "epochs", "densities")  # densities: the sparse methods' ladder
 UNTIMED_CASE_S = 0.05  # a kernel suite that measures one call (flops, memory, correctness): nominal
 
 

@@ -1,10 +1,11 @@
 """Triton kernel: softmax attention where each query row sees one contiguous key range [lo, hi].
 
 Flash-attention-style forward (online softmax, fp32 accumulators; `tl.dot` on the input dtype, so
-bf16/fp16 run on the tensor cores at their rate, P cast to V's dtype as FlashAttention does). A program owns BM query rows
-and visits only the BN-wide key tiles between its rows' smallest `lo` and largest `hi`: tiles
-outside the band are never loaded (the tile skipping that makes sliding-window and 1-D
-neighborhood attention Out(N·w)). Rows with `lo > hi` give 0. Imported lazily.
+bf16/fp16 run on the tensor cores at their rate, P cast to V's dtype as FlashAttention does; the CPU
+interpreter mis-multiplies bf16, so there bf16 is upcast). A program owns BM query rows and visits
+only the BN-wide key tiles between its rows' smallest `lo` and largest `hi`: tiles outside the band
+are never loaded (the tile skipping that makes sliding-window and 1-D neighborhood attention
+O(N·w)). Rows with `lo > hi` give 0. Imported lazily.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from attnbench.device import triton_interpreted
 from attnbench.kernels._tl_ops import rmax, rmin, rsum
 from attnbench.kernels._triton_util import pow2, precision
 
@@ -22,7 +24,7 @@ INTERPRETED = False  # set by _triton_util.load
 @triton.jit
 def _range_fwd(Q, K, V, Out, LSE, LO, HI, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
                H, G, NQ, NK, D, scale, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-               PREC: tl.constexpr):
+               PREC: tl.constexpr, UPCAST: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -38,6 +40,8 @@ def _range_fwd(Q, K, V, Out, LSE, LO, HI, sqb, sqh, sqn, skb, skh, skn, svb, svh
     last = rmax(hi, 0) + 1
     qmask = rmask[:, None] & (rd < D)[None, :]
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + rd[None, :], mask=qmask, other=0.0)  # input dtype
+    if UPCAST:
+        q = q.to(tl.float32)
     m = tl.full([BM], float("-inf"), dtype=tl.float32)
     den = tl.full([BM], 0.0, dtype=tl.float32)
     acc = tl.full([BM, BD], 0.0, dtype=tl.float32)
@@ -48,6 +52,9 @@ def _range_fwd(Q, K, V, Out, LSE, LO, HI, sqb, sqh, sqn, skb, skh, skn, svb, svh
         kvmask = (cols < NK)[:, None] & (rd < D)[None, :]
         kk = tl.load(k_base + cols[:, None] * skn + rd[None, :], mask=kvmask, other=0.0)
         vv = tl.load(v_base + cols[:, None] * svn + rd[None, :], mask=kvmask, other=0.0)
+        if UPCAST:
+            kk = kk.to(tl.float32)
+            vv = vv.to(tl.float32)
         s = tl.dot(q, tl.trans(kk), input_precision=PREC) * scale  # half operands, fp32 accumulate
         allowed = (cols[None, :] >= lo[:, None]) & (cols[None, :] <= hi[:, None])
         s = tl.where(allowed, s, float("-inf"))
@@ -77,5 +84,6 @@ def range_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lo: torch.T
     bm, bn = block
     grid = (triton.cdiv(nq, bm), b * hq)
     _range_fwd[grid](q, k, v, o, lse, lo, hi, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-                     hq, hq // hkv, nq, nk, d, d**-0.5, BD=pow2(d), BM=bm, BN=bn, PREC=precision(q))
+                     hq, hq // hkv, nq, nk, d, d**-0.5, BD=pow2(d), BM=bm, BN=bn, PREC=precision(q),
+                     UPCAST=q.dtype == torch.bfloat16 and triton_interpreted())
     return (o, lse) if with_lse else o

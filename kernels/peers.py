@@ -31,7 +31,7 @@ from attnbench.impls.mqa import SPEC as MQA_SPEC
 from attnbench.impls.sliding_window import SPEC as SW_SPEC
 from attnbench.ops import workload_of
 from attnbench.registry import METHODS, Impl, register_backend, register_generic_backend
-from attnbench.spec import AttentionSpec, Backend, Params, Workload, params_json
+from attnbench.spec import AttentionSpec, Backend, Params, Workload, params_json, run_params
 
 HALF = ("float16", "bfloat16")
 
@@ -103,12 +103,18 @@ def _probe(method: str, backend: Backend, w: Workload, params_key: str) -> str |
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         try:
-            out = fn(q, k, v, causal=w.causal, **params)
+            out = fn(q, k, v, causal=w.causal, **run_params(w, params))
             if impl.staged:
                 out(q, k, v)
+        except torch.OutOfMemoryError:
+            return None  # not a refusal: the case itself will record its oom
         except RuntimeError as exc:
             said = [str(c.message).split("\n")[0] for c in caught if "attention" in str(c.message).lower()]
+            if not said and not any(m in str(exc).lower() for m in ("no available kernel", "no viable backend")):
+                return None  # some other failure: let the case run and record it as the error it is
             return f"{backend.value} refused this call: {(said or [str(exc)])[0][:200]}"
+        except Exception:  # noqa: BLE001 — not the kernel's refusal: the case will run and record it
+            return None
     return None
 
 

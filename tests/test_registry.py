@@ -83,7 +83,8 @@ def test_loaded_registries_are_frozen_and_populated() -> None:
 
 
 IN_TREE_PREFIX = "attnbench.impls."  # an in-tree reference lives in impls/<name>.py; anything else is a plugin
-IGNORED_KWARGS = frozenset({"causal", "spatial", "backend", "rope"})  # call context, not hyper-parameters
+# call context, and learned tensors a layer form passes in (DMA's `dt_weight`), not hyper-parameters
+IGNORED_KWARGS = frozenset({"causal", "spatial", "backend", "rope", "dt_weight"})
 SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 
 
