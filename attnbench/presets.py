@@ -57,12 +57,22 @@ class Preset:
         return dict(self.data.get("suite", {}).get(suite, {}))
 
     def selects(self, method: str, backend: str, suite: str | None = None) -> bool:
-        """Does the preset's method/backend selection (and exclude list) take this pair?"""
+        """Does the preset's method/backend selection (and exclude list) take this pair?
+
+        A backend this machine cannot run at all (a CUDA-only kernel on a CPU run, a peer library
+        that is not installed) is taken only when named outright (`--backends sdpa_flash`), then
+        recorded `unsupported` with its reason; a wildcard passes over it (`attnbench list` says why).
+        """
         sec = self.section(suite) if suite else {}
         methods = sec.get("methods", self.data.get("methods", ["*"]))
         backends = sec.get("backends", self.data.get("backends", ["*"]))
         excluded = list(self.data.get("exclude", [])) + list(sec.get("exclude", []))
         pair = f"{method}/{backend}"
+        if backend not in backends and self.device != "auto":
+            from attnbench.device import backend_unavailable  # imports torch: not at `--help`
+
+            if backend_unavailable(backend, self.device):
+                return False
         return (any(fnmatch.fnmatchcase(method, p) for p in methods)
                 and any(fnmatch.fnmatchcase(backend, p) for p in backends)
                 and not any(fnmatch.fnmatchcase(pair, p) or fnmatch.fnmatchcase(method, p)

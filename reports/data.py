@@ -289,6 +289,7 @@ def pivot_table(
     """Generic table: one row per case (and overridden shape), one column per metric, plus status."""
     suites = rows["suite"].unique()
     metrics = metric_order(rows["metric"].unique(), str(suites[0]) if len(suites) == 1 else None)
+    metrics = [m for m in metrics if not _interval_of(m, metrics)]  # `<m>_lo/_hi` are shown in m's cell
     cols = [("method", "method name"), ("backend", "implementation"), ("family", "method family")]
     if show_suite:
         cols.append(("suite", "suite"))
@@ -315,7 +316,7 @@ def pivot_table(
         ]
         for m in metrics:
             mr = g[g["metric"] == m]
-            cells.append(value_cell(mr.iloc[0]) if len(mr) else _failed_or_empty(g))
+            cells.append(_with_interval(value_cell(mr.iloc[0]), g, m) if len(mr) else _failed_or_empty(g))
         bad = g[g["status"] != "ok"]
         cells.append(
             status_cell(str(bad.iloc[-1]["status"]), str(bad.iloc[-1]["error"]))
@@ -326,6 +327,22 @@ def pivot_table(
             cells = [_greyed(c, why) for c in cells]
         table.rows.append((str(first["family"]), cells))
     return table
+
+
+def _interval_of(metric: str, metrics: Sequence[str]) -> bool:
+    """Is `metric` the `_lo`/`_hi` bound of another metric in the table (e.g. a bootstrap interval)?"""
+    return metric.endswith(("_lo", "_hi")) and metric[:-3] in metrics
+
+
+def _with_interval(c: Cell, g: pd.DataFrame, metric: str) -> Cell:
+    """`c` with `[lo, hi]` appended when the case also has `<metric>_lo` and `<metric>_hi` rows."""
+    bounds = [g.loc[(g["metric"] == f"{metric}_{b}") & (g["status"] == "ok"), "value"] for b in ("lo", "hi")]
+    if c.sort is None or not all(len(b) for b in bounds):
+        return c
+    lo, hi = (float(b.iloc[0]) for b in bounds)
+    unit = str(g.loc[g["metric"] == metric, "unit"].iloc[0] or "")
+    text = f"{c.text} [{fmt(metric, unit, lo)}, {fmt(metric, unit, hi)}]"
+    return Cell(text, c.sort, c.cls, f"{c.title}, 95% interval {lo:.4g}–{hi:.4g}", c.href)
 
 
 def _greyed(c: Cell, why: str) -> Cell:

@@ -765,3 +765,19 @@ def test_density_curves_and_dense_rows_are_greyed(tmp_path: Path) -> None:
     board = re.findall(r'<td class="([^"]*)"[^>]*title="([^"]*dense at this length[^"]*)"', html)
     assert board and all("dense" in cls.split() for cls, _ in board)  # dma: every case dense
     assert not any("effective density 0.98" in t for _, t in board)  # moba's mean mixes sparse and dense cases
+
+
+def test_bootstrap_interval_rows_fold_into_their_metric_cell() -> None:
+    """`<m>_lo`/`<m>_hi` rows (e.g. an intervention's delta vs base) show as `[lo, hi]` in m's cell, not as columns."""
+    import pandas as pd
+
+    rows = [_row(suite="hallucination", method="gift", backend="reference", seq_len=64, case_id="c1",
+                 metric=m, value=v, unit="fraction", device_kind="cpu")
+            for m, v in (("delta_pope_acc", -0.05), ("delta_pope_acc_lo", -0.08), ("delta_pope_acc_hi", -0.02),
+                         ("chair_i", 0.04))]
+    df = D.prepare(pd.DataFrame(rows), {"gift": "intervention"})
+    table = D.pivot_table(df, "t", {})
+    labels = [c[1] for c in table.columns]
+    assert "delta_pope_acc" in labels and not any(x.endswith(("_lo", "_hi")) for x in labels)
+    cell = table.rows[0][1][labels.index("delta_pope_acc")]
+    assert "[" in cell.text and "−0.08" in cell.text.replace("-", "−") and cell.sort == -0.05

@@ -208,6 +208,8 @@ def why_not(method: str, config: Any = None, *, backend: str = "reference", cach
     p = fill_params(spec, resolved, frozenset(params or {}), hq, hkv)
     for nq in (seq_len, 1) if cache else (seq_len,):
         w = Workload(heads_q=hq, heads_kv=hkv, seq_q=nq, seq_kv=seq_len, head_dim=d, causal=True)
+        if spec.shape(w, p).batch != w.batch:  # e.g. ConsistEdit's (source, target) pairs
+            return f"{method} reshapes the batch (it pairs batch entries), a served model's batch is its prompts"
         if why := fit(entry, Backend.parse(backend), w, p)[2]:
             return why if nq == seq_len else f"{method} cannot decode against a KV cache: {why}"
     return None
