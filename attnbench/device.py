@@ -137,16 +137,24 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
 
 
+def _installed(module: str) -> bool:
+    """Can `module` be imported here? (A finder that refuses it, e.g. a blocked import, counts as no.)"""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def backend_unavailable(backend: object, device: str) -> str | None:
     """Why `backend` cannot run on `device` on this machine at all (library missing, needs CUDA), or None.
 
     Machine-level only: whether a method's workload fits the backend is its `Impl.can_run`.
     """
-    import importlib.util
-
     b, cuda = str(backend), device.startswith("cuda")
-    if b in _PEER_BACKENDS and importlib.util.find_spec(b) is None:
-        if not (b == "flash_attn" and importlib.util.find_spec("flash_attn_interface") is not None):
+    if b in _PEER_BACKENDS and not _installed(b):
+        if not (b == "flash_attn" and _installed("flash_attn_interface")):
             return f"{b} is not installed"
     if b in _SDPA_PINNED and not cuda:
         return f"{b} needs CUDA (torch's {_SDPA_PINNED[b]} SDPA kernel is CUDA-only)"

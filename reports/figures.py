@@ -211,7 +211,8 @@ def varying_params(rows: pd.DataFrame) -> list[str]:
     """Numeric param keys that take several values among `rows`."""
     parsed = rows["params"].map(params_dict)
     keys = sorted({k for p in parsed for k, v in p.items() if isinstance(v, int | float) and not isinstance(v, bool)})
-    return [k for k in keys if parsed.map(lambda p, k=k: p.get(k)).nunique() > 1]
+    # values compared as JSON: one case may hold a list (kernel_size=[8,16]) where another holds a number
+    return [k for k in keys if parsed.map(lambda p, k=k: json.dumps(p.get(k), sort_keys=True)).nunique() > 1]
 
 
 def _without(s: str, key: str) -> str:

@@ -781,3 +781,13 @@ def test_bootstrap_interval_rows_fold_into_their_metric_cell() -> None:
     assert "delta_pope_acc" in labels and not any(x.endswith(("_lo", "_hi")) for x in labels)
     cell = table.rows[0][1][labels.index("delta_pope_acc")]
     assert "[" in cell.text and "−0.08" in cell.text.replace("-", "−") and cell.sort == -0.05
+
+
+def test_varying_params_take_list_values() -> None:
+    """A list-valued param (`--param 'gna.kernel_size=[8,16]'`) beside a number must not crash the figures."""
+    import pandas as pd
+
+    from attnbench.reports.figures import varying_params
+
+    rows = pd.DataFrame({"params": ['{"kernel_size": 7, "stride": 1}', '{"kernel_size": [8, 16], "stride": 1}']})
+    assert varying_params(rows) == ["kernel_size"]

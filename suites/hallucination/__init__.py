@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
+from attnbench import density
 from attnbench import intervene as iv
 from attnbench.metrics import POINT, higher, info, lower
-from attnbench.proxy.suite import ProxySettings, ProxySuite, options
+from attnbench.proxy.suite import EFFECTIVE_DENSITY, ProxySettings, ProxySuite, density_row, options
 from attnbench.registry import MethodEntry, register_suite
 from attnbench.settings import settings
 from attnbench.spec import Backend, Workload
@@ -145,6 +146,7 @@ class Hallucination(ProxySuite):
         info("delta_*", "fraction"),  # intervention minus its base model, same weights (with _lo/_hi)
         # `attnbench analyze` (suite "analysis"): one row per layer × head
         *(info(m, unit) for m, unit in ANALYSIS_UNITS.items()),
+        EFFECTIVE_DENSITY,
     )
     causal = True
     Settings = HallucinationSettings
@@ -209,8 +211,9 @@ class Hallucination(ProxySuite):
             if (w.heads_q, w.heads_kv) != (o["n_heads"], o["n_heads"]):  # heads fitted or grouped (gqa, mqa)
                 o = {**o, "n_heads": w.heads_q, "kv_heads": w.heads_kv}
             model, res = train_model(rc.method, rc.backend, params, o, seed)
-            ev = evaluate(model, o, seed, blind=True)
-            return _rows({**ev.scores, **intervals(ev, o, seed, n_boot=n_boot)}) + res.rows()
+            with density.measure() as meter:  # what a sparse decoder really attended while answering
+                ev = evaluate(model, o, seed, blind=True)
+            return _rows({**ev.scores, **intervals(ev, o, seed, n_boot=n_boot)}) + density_row(meter) + res.rows()
         bp = iv.base_params(params)
         model, res = train_model(params["base"], Backend.REFERENCE, bp, o, seed)
         eval_o = {k: v for k, v in o.items() if k not in ("intervention_params", "sweep", "sweep_point")}
