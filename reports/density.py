@@ -31,9 +31,15 @@ def case_densities(rows: pd.DataFrame) -> pd.Series:
     return d.groupby("case_id")["value"].mean()
 
 
+INACTIVE = "inactive: the intervention found nothing to act on (e.g. no sink detected), so it equals its base"
+
+
 def dense_cases(rows: pd.DataFrame) -> dict[str, str]:
-    """case_id → reason, for the cases whose (sparse) method attended ≥ DENSE_AT of the pairs."""
-    return {str(c): dense_reason(float(v)) for c, v in case_densities(rows).items() if v >= DENSE_AT}
+    """case_id → reason, for the cases that measure no mechanism: a sparse method that attended ≥ DENSE_AT
+    of the pairs, or an input-gated intervention that never acted (`intervention_active` = 0)."""
+    out = {str(c): dense_reason(float(v)) for c, v in case_densities(rows).items() if v >= DENSE_AT}
+    idle = rows[(rows["metric"] == "intervention_active") & (rows["status"] == "ok") & (rows["value"] == 0)]
+    return {**out, **dict.fromkeys(map(str, idle["case_id"].unique()), INACTIVE)}
 
 
 def pair_note(rows: pd.DataFrame, pair: str) -> tuple[bool, str]:

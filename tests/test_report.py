@@ -791,3 +791,18 @@ def test_varying_params_take_list_values() -> None:
 
     rows = pd.DataFrame({"params": ['{"kernel_size": 7, "stride": 1}', '{"kernel_size": [8, 16], "stride": 1}']})
     assert varying_params(rows) == ["kernel_size"]
+
+
+def test_an_intervention_that_never_acted_is_greyed() -> None:
+    """VAR with no detected sink equals its base by construction: its row is greyed with that reason."""
+    import pandas as pd
+
+    rows = [_row(suite="hallucination", method="var", backend="reference", seq_len=64, case_id=c,
+                 metric=m, value=v, unit="fraction", device_kind="cpu")
+            for c, active in (("idle", 0.0), ("acts", 0.4))
+            for m, v in (("pope_adversarial_f1", 0.8), ("intervention_active", active))]
+    df = D.prepare(pd.DataFrame(rows), {"var": "intervention"})
+    table = D.pivot_table(df, "t", {})
+    greyed = ["dense" in " ".join(c.cls for c in cells) for _, cells in table.rows]
+    assert sorted(greyed) == [False, True]
+    assert any("inactive" in c.title for _, cells in table.rows for c in cells)

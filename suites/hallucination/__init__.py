@@ -45,7 +45,7 @@ from attnbench.spec import Backend, Workload
 from attnbench.suite import ResolvedCase, Row
 from attnbench.suites.hallucination import scoring as hal  # noqa: F401 - re-exported for callers
 from attnbench.suites.hallucination.analysis import UNITS as ANALYSIS_UNITS
-from attnbench.suites.hallucination.apply import applied
+from attnbench.suites.hallucination.apply import active_fraction, applied
 from attnbench.suites.hallucination.model import Vocab, make_batch, patchify, scene_config, train_model
 from attnbench.suites.hallucination.pope import SPLITS, Eval, captions, evaluate, intervals, pope_eval
 
@@ -147,6 +147,7 @@ class Hallucination(ProxySuite):
         # `attnbench analyze` (suite "analysis"): one row per layer × head
         *(info(m, unit) for m, unit in ANALYSIS_UNITS.items()),
         EFFECTIVE_DENSITY,
+        info("intervention_active", "fraction", label="intervention active"),  # VAR: calls with a detected sink
     )
     causal = True
     Settings = HallucinationSettings
@@ -227,8 +228,11 @@ class Hallucination(ProxySuite):
         spans = {"img_span": [0, n_img], "query_span": [n_img, n_img + n_text], "text_span": [n_img, n_img + n_text]}
         p.update({k: v for k, v in spans.items() if k in p and p[k] is None})
         p.update(o.get("intervention_params", {}).get(rc.method, {}))
-        after = evaluate(applied(model, rc.method, p, backend=rc.backend), o, seed)
+        intervened = applied(model, rc.method, p, backend=rc.backend)
+        after = evaluate(intervened, o, seed)
         rows = _rows({**after.scores, **intervals(after, o, seed, base=before, n_boot=n_boot)})
+        if (active := active_fraction(intervened)) is not None:
+            rows.append(Row("intervention_active", active, "fraction"))
         rows += [Row(f"delta_{m}", after.scores[m] - before.scores[m], "fraction")
                  for m in ("chair_i_prior", "pope_trap_yes_ratio") if m in after.scores and m in before.scores]
         return rows + res.rows()

@@ -81,11 +81,23 @@ def _var(model: nn.Module, p: dict[str, Any], backend: str) -> nn.Module:
     if not p.get("detect", True):
         return out
     blocks = [blk for blk in out.blocks if isinstance(blk.attn, AttentionLayer) and blk.attn.entry.name == "var"]
+    seen = out.activity = {"calls": 0.0, "active": 0.0}  # sequences × layers, and those with a sink to act on
     for blk in blocks:
         def pre(mod: nn.Module, args: tuple[torch.Tensor]) -> None:
-            mod.attn.params["sinks"] = detect_sinks(args[0], p.get("sink_tau", 20.0), p.get("sink_dims"))
+            sinks = detect_sinks(args[0], p.get("sink_tau", 20.0), p.get("sink_dims"))
+            mod.attn.params["sinks"] = sinks
+            seen["calls"] += sinks.shape[0]
+            seen["active"] += float(sinks.any(-1).sum())
         blk.register_forward_pre_hook(pre)
     return out
+
+
+def active_fraction(model: nn.Module) -> float | None:
+    """Share of (sequence, layer) calls in which an input-gated intervention (VAR: a detected sink) had
+    anything to act on; None for interventions that always act. 0 means the row equals the base by
+    construction, which the board must show rather than read as "no effect"."""
+    seen = getattr(model, "activity", None)
+    return seen["active"] / seen["calls"] if seen and seen["calls"] else None
 
 
 def _vhr(model: nn.Module, p: dict[str, Any], backend: str) -> nn.Module:

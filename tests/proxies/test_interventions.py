@@ -62,11 +62,14 @@ def test_var_detects_the_planted_bos_sink():
     want = torch.zeros(3, N_IMG + 4, dtype=torch.bool)
     want[:, N_IMG] = True  # the BOS position, not image patch 0
     assert torch.equal(layers[0].params["sinks"], want)
+    assert ap.active_fraction(out) == 1.0  # every sequence in every VAR layer had a sink to act on
     with torch.no_grad():
         m.tok.weight[Vocab(10).bos, 5] = 0.0
         out = ap.applied(m, "var", _params("var"))
         torch.testing.assert_close(out(x, t), m(x, t))  # no sink detected: VAR leaves the model as is
     assert not bool(iv.wrapped_layers(out, "var")[0].params["sinks"].any())
+    assert ap.active_fraction(out) == 0.0  # reported, so the board can say the row equals the base by construction
+    assert ap.active_fraction(ap.applied(m, "softpag", _params("softpag"))) is None  # always acts: no row
 
 
 class TwoStream(nn.Module):
