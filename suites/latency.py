@@ -7,20 +7,26 @@ against `metrics.DENSE_BASELINE` (mha/sdpa) on the same shape timed in alternati
 (layer methods: against the mha layer, projections included); speedup_bound = dense FLOPs /
 executed FLOPs of the backend that ran (`flops.backend_flops`: its own tiles, heads, routing) and
 realisation = speedup / bound, both only for backends that model their execution; sim_speedup
-(NATTENSim's multi-dimensional tile bound, 2-D/3-D NA/GNA).
+(NATTENSim's multi-dimensional tile bound, 2-D/3-D NA/GNA); effective_density (sparse methods: the
+share of allowed pairs their reference attends at this shape and params, so a sparse row at a
+length where it is dense is greyed on the board instead of read as the method's speed).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
+from attnbench import density
 from attnbench.device import capture, peak_tflops
 from attnbench.execute import dense_baseline, prepare_call, prepare_case
 from attnbench.flops import backend_flops, dense_flops, projection_flops, sim_speedup, speedup_bound
 from attnbench.kernelsuite import KernelSettings, KernelSuite, timing_options
 from attnbench.metrics import HIGHER, MetricSpec, info, lower
-from attnbench.registry import MethodEntry, register_suite
-from attnbench.spec import Backend, FlopCount, Params, Workload
+from attnbench.proxy.suite import EFFECTIVE_DENSITY
+from attnbench.registry import METHODS, MethodEntry, register_suite
+from attnbench.spec import Backend, FlopCount, Params, Workload, params_json
 from attnbench.suite import ResolvedCase, Row
 from attnbench.timing import bench, bench_interleaved
 
@@ -54,6 +60,7 @@ class Latency(KernelSuite):
         info("speedup_bound", "x", label="speedup bound"),
         MetricSpec("realisation", "ratio", HIGHER, timed=True, label="realisation", same_run_ratio=True),
         info("sim_speedup", "x", label="tile-sim bound"),
+        EFFECTIVE_DENSITY,
     )
 
     def options(self, s: KernelSettings, section: dict[str, Any]) -> dict[str, Any]:
@@ -86,4 +93,14 @@ class Latency(KernelSuite):
         sim = sim_speedup(entry.spec, w, params)
         if sim:
             rows.append(Row("sim_speedup", sim, "x"))
+        if entry.spec.at_density is not None:  # a sparse method: how sparse is it at this shape?
+            probe_w = w.replace(batch=1, mode="fwd", dtype="float32", device="cpu")
+            if (d := _probed_density(entry.name, probe_w, params_json(params))) is not None:
+                rows.append(Row("effective_density", d, "ratio"))
         return rows
+
+
+@functools.lru_cache(maxsize=256)
+def _probed_density(method: str, w: Workload, params: str) -> float | None:
+    """`density.probe` once per method, shape and params (every backend shares the reference's mask)."""
+    return density.probe(METHODS.get(method), w, json.loads(params))

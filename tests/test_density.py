@@ -157,3 +157,22 @@ def test_densities_are_validated_settings():
     for bad in ([0.0], [1.5], ["dense"]):
         with pytest.raises(SettingsError):
             mqar.settings(Preset("smoke", {"suite": {"mqar": {"densities": bad}}}))
+
+
+def test_latency_rows_say_how_sparse_the_kernel_really_was(tmp_path) -> None:
+    """A sparse method timed at a length where its paper settings are dense (MoBA's 512-token blocks at
+    N=256) records effective density 1, so the board greys it instead of reading it as MoBA's speed."""
+    from attnbench import results
+    from attnbench.presets import load_preset
+    from attnbench.runner import Runner
+
+    preset = load_preset("smoke", ['suites=["latency"]', 'methods=["moba","sliding_window","mha"]',
+                                   'backends=["reference"]', "timing.max_reps=1", "timing.min_time_s=0.0"])
+    Runner(preset, tmp_path / "out").run()
+    df = results.load([tmp_path / "out"])
+    dens = df[df["metric"] == "effective_density"].groupby("method")["value"].first()
+    assert set(dens.index) == {"moba", "sliding_window"}  # mha records nothing: it is dense by definition
+    assert dens["moba"] == 1.0
+    window = METHODS.get("sliding_window").spec.params()["window"]
+    assert 0 < dens["sliding_window"] < 1 and dens["sliding_window"] == pytest.approx(
+        density.window_pairs(256, window, causal=False) / 256**2)
