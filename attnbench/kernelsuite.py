@@ -15,19 +15,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from typing import Annotated, Any
-
-from pydantic import Field
+from typing import Any
 
 from attnbench.metrics import MetricSpec
 from attnbench.presets import Preset
 from attnbench.registry import MethodEntry, Registry
-from attnbench.settings import resolve, settings
+from attnbench.settings import Positive, Seconds, resolve, settings
 from attnbench.spec import Backend, Workload, params_json
 from attnbench.suite import Case
 
-Positive = Annotated[int, Field(ge=1)]
-Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 TIMING_KEYS = ("min_time_s", "max_reps", "warmup_s", "cuda_graphs")
 
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pydantic
 
 from attnbench.presets import PresetError
+
+# bounded field types shared by every suite's settings (a bad value is refused before anything runs)
+Positive = Annotated[int, pydantic.Field(ge=1)]
+Seconds = Annotated[float, pydantic.Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, pydantic.Field(ge=0, le=1)]
 
 T = TypeVar("T")
 _CONFIG = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=False)
@@ -57,8 +62,10 @@ def resolve(cls: type[T], section: Mapping[str, Any], *, where: str, tiers: Mapp
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ()) if isinstance(x, int) or x in valid)
-        raise SettingsError(f"{where}.{loc}: {first.get('msg', 'invalid value')} "
-                            f"(got {first.get('input')!r})") from None
+        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        if not loc:  # a check across fields (model validator): its message names the values itself
+            raise SettingsError(f"{where}: {msg}") from None
+        raise SettingsError(f"{where}.{loc}: {msg} (got {first.get('input')!r})") from None
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{where}: {exc}") from None
 

@@ -38,7 +38,7 @@ from attnbench.proxy import data as proxydata
 from attnbench.proxy.suite import ProxySettings, ProxySuite, model_config, options
 from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, seed_all, token_hits, token_loss, train
 from attnbench.registry import MethodEntry, register_suite
-from attnbench.settings import settings
+from attnbench.settings import Positive, Seconds, settings
 from attnbench.spec import Backend, Workload
 from attnbench.suite import ResolvedCase, Row
 
@@ -125,12 +125,12 @@ class KVConvertSettings(ProxySettings):
     n_test: int = 500
     lr: float = 3e-3
     weight_decay: float = 0.1
-    batch_size: int = 64
+    batch_size: Positive = 64
     warmup: int = 150
-    steps: int = 1_500
+    steps: Positive = 1_500
     uptrain_steps: int = 150
     uptrain_lr: float = 1e-3
-    wall_cap_s: float = 300.0
+    wall_cap_s: Seconds = 300.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

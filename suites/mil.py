@@ -31,7 +31,7 @@ from attnbench.proxy import data as proxydata
 from attnbench.proxy.suite import ProxySettings, ProxySuite, options
 from attnbench.proxy.train import TrainConfig, data_rng, seed_all, train
 from attnbench.registry import MethodEntry, register_suite
-from attnbench.settings import settings
+from attnbench.settings import Positive, Seconds, settings
 from attnbench.spec import Backend, Status, Workload
 from attnbench.suite import ResolvedCase, Row, status_row
 
@@ -42,17 +42,17 @@ class MILSettings(ProxySettings):
 
     dataset: Literal["auto", "fashion-mnist", "digits"] = "auto"
     target_class: int = 2  # pullover (digits: "2"): confusable with coat and shirt
-    bag_size: int = 16
+    bag_size: Positive = 16
     max_positives: int = 2
-    n_train_bags: int = 300
-    n_test_bags: int = 400
-    epochs: int = 25
-    batch_size: int = 8
-    d_model: int = 64
-    n_heads: int = 4
+    n_train_bags: Positive = 300
+    n_test_bags: Positive = 400
+    epochs: Positive = 25
+    batch_size: Positive = 8
+    d_model: Positive = 64
+    n_heads: Positive = 4
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    wall_cap_s: float = 300.0
+    wall_cap_s: Seconds = 300.0
 
 
 SMOKE = MILSettings()

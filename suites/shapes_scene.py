@@ -27,7 +27,7 @@ from attnbench.metrics import higher, info
 from attnbench.proxy.suite import ProxySettings, ProxySuite, accepts_spatial, model_config, options
 from attnbench.proxy.train import ProxyModel, TrainConfig, data_rng, effective_pos, predict, seed_all, train
 from attnbench.registry import MethodEntry, register_suite
-from attnbench.settings import settings
+from attnbench.settings import Positive, Seconds, settings
 from attnbench.spec import Workload
 from attnbench.suite import ResolvedCase, Row
 
@@ -39,21 +39,21 @@ class ShapesSettings(ProxySettings):
     """`[suite.shapes_scene]`: the board, the questions (`tasks`, one case each) and the budget."""
 
     tasks: tuple[Literal["nearest", "farthest"], ...] = ("nearest",)
-    grid: int = 8
-    n_objects: int = 6
-    n_shapes: int = 4
+    grid: Positive = 8
+    n_objects: Positive = 6
+    n_shapes: Positive = 4
     near: float = 2.0
-    n_test: int = 1000
-    steps: int = 1500
-    batch_size: int = 64
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
+    n_test: Positive = 1000
+    steps: Positive = 1500
+    batch_size: Positive = 64
+    d_model: Positive = 64
+    n_layers: Positive = 2
+    n_heads: Positive = 4
     pos: Literal["learned", "none"] = "learned"
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
-    wall_cap_s: float = 300.0
+    wall_cap_s: Seconds = 300.0
 
 
 SMOKE = ShapesSettings()

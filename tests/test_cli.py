@@ -87,6 +87,10 @@ def test_param_override_reaches_cases(tmp_path: Path) -> None:
     (["run", "--param", "sliding_window.windw=3"], "unknown parameter 'windw'"),
     (["run", "--param", "nosuch.window=3"], "unknown method 'nosuch'"),
     (["run", "--shard", "3/2"], "--shard"),
+    (["run", "--suites", "mqar", "--set", "suite.mqar.densities=[2.0]"], "densities must lie in (0, 1]"),
+    (["run", "--suites", "mil", "--set", "suite.mil.bag_size=0"], "suite.mil.bag_size: Input should be greater"),
+    (["run", "--suites", "hallucination", "--set", "suite.hallucination.pair_prob=1.5"], "pair_prob"),
+    (["run", "--suites", "kv_convert", "--set", "suite.kv_convert.budgets=[1.5]"], "budget 1.5"),
     (["results", "compact", "/nonexistent/dir"], "no part files"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

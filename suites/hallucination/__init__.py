@@ -40,7 +40,7 @@ from attnbench import intervene as iv
 from attnbench.metrics import POINT, higher, info, lower
 from attnbench.proxy.suite import EFFECTIVE_DENSITY, ProxySettings, ProxySuite, density_row, options
 from attnbench.registry import MethodEntry, register_suite
-from attnbench.settings import settings
+from attnbench.settings import Fraction, Positive, Seconds, settings
 from attnbench.spec import Backend, Workload
 from attnbench.suite import ResolvedCase, Row
 from attnbench.suites.hallucination import scoring as hal  # noqa: F401 - re-exported for callers
@@ -70,10 +70,10 @@ class HallucinationSettings(ProxySettings):
     grid: int = 2
     max_objects: int = 4
     n_classes: int = 10
-    prior: float = 0.8
+    prior: Fraction = 0.8
     n_pairs: int = 5  # classes (0,1) … (8,9): P(partner | anchor) = pair_prob, never a partner alone
-    pair_prob: float = 0.75
-    adv_frac: float = 0.0
+    pair_prob: Fraction = 0.75
+    adv_frac: Fraction = 0.0
     patch: int = 8
     d_model: int = 64
     n_layers: int = 2
@@ -81,15 +81,15 @@ class HallucinationSettings(ProxySettings):
     enc_layers: int = 1
     lr: float = 3e-3
     weight_decay: float = 0.0
-    batch_size: int = 64
-    steps: int = 1_500
+    batch_size: Positive = 64
+    steps: Positive = 1_500
     warmup: int = 50
     n_pool: int = 8_192
     pope_images: int = 500
     chair_images: int = 500
     max_caption: int = 5
     n_boot: int = 500
-    wall_cap_s: float = 600.0  # a safety net: ~70 s of steps on 2 idle cores, 5× slower on a loaded one
+    wall_cap_s: Seconds = 600.0  # a safety net: ~70 s of steps on 2 idle cores, 5× slower on a loaded one
     intervention_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     sweep: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
 
